@@ -1,0 +1,203 @@
+"""Every message type that crosses the bus, declared once.
+
+A message body is a frozen ``msgspec.Struct``; its ``TYPE`` is the wire name carried in the
+envelope. Money, prices and quantities are ``Decimal`` (encoded as strings on the wire, never
+floats); timestamps are UTC integer nanoseconds. ``MESSAGE_TYPES`` maps wire names to body
+classes: the bus decodes and validates a body against it, and rejects unknown types.
+
+Facts (pub/sub) are past tense or nouns; requests (RPC) are imperative and each has a reply type.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    TYPE = ""
+
+
+# ---------------------------------------------------------------- market data (facts)
+
+
+class BarClosed(Message, kw_only=True):
+    """One closed OHLCV bar. ``ts_ns`` is the bar's open time; ``index`` the source's bar number."""
+
+    TYPE = "md.bar"
+    symbol: str
+    interval: str
+    ts_ns: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    index: int
+
+
+# ---------------------------------------------------------------- orders, fills, positions (facts)
+
+
+class OrderUpdated(Message, kw_only=True):
+    """An order's row after a change, as committed to the database."""
+
+    TYPE = "order.updated"
+    session: str
+    client_order_id: str
+    broker_order_id: str | None
+    symbol: str
+    side: str
+    order_type: str
+    quantity: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    status: str
+    filled_quantity: Decimal
+    average_price: Decimal | None = None
+    reason: str | None = None
+    signal: int
+    version: int
+
+
+class FillRecorded(Message, kw_only=True):
+    TYPE = "fill.recorded"
+    session: str
+    broker_fill_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    price: Decimal
+    ts_ns: int
+
+
+class PositionChanged(Message, kw_only=True):
+    TYPE = "position.changed"
+    session: str
+    symbol: str
+    quantity: Decimal
+    average_price: Decimal | None = None
+    reason: str
+
+
+class SessionStateChanged(Message, kw_only=True):
+    TYPE = "session.state"
+    session: str
+    state: str
+    previous: str | None = None
+    reason: str
+
+
+class ReconcileReport(Message, kw_only=True):
+    TYPE = "reconcile.report"
+    session: str
+    changes: list[str]
+    broker_position: Decimal
+    db_position: Decimal
+    ok: bool
+
+
+class Heartbeat(Message, kw_only=True):
+    TYPE = "heartbeat"
+    process: str
+    pid: int
+    state: str
+
+
+class Alert(Message, kw_only=True):
+    TYPE = "alert"
+    level: str
+    text: str
+    session: str | None = None
+
+
+# ---------------------------------------------------------------- requests and replies (RPC)
+
+
+class SubmitOrder(Message, kw_only=True):
+    """Ask the account service to place an order. ``signal`` is the strategy's persisted, per-session
+    decision number: the client order id is derived from (session, signal), so resending the same
+    request never makes a second order."""
+
+    TYPE = "order.submit"
+    session: str
+    signal: int
+    symbol: str
+    side: str
+    order_type: str
+    quantity: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: str = "day"
+
+
+class CancelOrder(Message, kw_only=True):
+    TYPE = "order.cancel"
+    session: str
+    client_order_id: str
+
+
+class OrderReply(Message, kw_only=True):
+    TYPE = "order.reply"
+    order: OrderUpdated
+
+
+class AccountSnapshotRequest(Message, kw_only=True):
+    TYPE = "account.snapshot"
+    session: str
+
+
+class AccountSnapshot(Message, kw_only=True):
+    TYPE = "account.snapshot.reply"
+    session: str
+    symbol: str
+    position: Decimal
+    open_orders: list[OrderUpdated]
+
+
+class BarsRequest(Message, kw_only=True):
+    """Recent bars, oldest first, strictly after ``after_ts_ns`` (0: all that are held)."""
+
+    TYPE = "md.bars"
+    symbol: str
+    interval: str
+    after_ts_ns: int = 0
+
+
+class BarsReply(Message, kw_only=True):
+    TYPE = "md.bars.reply"
+    bars: list[BarClosed]
+
+
+class ErrorReply(Message, kw_only=True):
+    """Any request can be answered with this. ``code`` is a stable machine-readable name."""
+
+    TYPE = "error"
+    code: str
+    message: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        BarClosed,
+        OrderUpdated,
+        FillRecorded,
+        PositionChanged,
+        SessionStateChanged,
+        ReconcileReport,
+        Heartbeat,
+        Alert,
+        SubmitOrder,
+        CancelOrder,
+        OrderReply,
+        AccountSnapshotRequest,
+        AccountSnapshot,
+        BarsRequest,
+        BarsReply,
+        ErrorReply,
+    )
+}
