@@ -1,0 +1,339 @@
+"""The account process of one session: the order lifecycle against its broker account.
+
+Order of work for a submit (the write-ahead rule): commit the order as ``pending_submit`` with its
+``created`` event, *then* call the broker, then commit what the broker said. An answer that may
+hide an accepted order (timeout after send, connection reset, 5xx) makes the order ``unknown``
+and is resolved only by asking the broker for the client order id — never by sending again.
+
+At start, before serving anyone, every unresolved order of the session is settled with the broker
+and fills missed while down are fetched from the broker's ledger (applied once each: broker fill
+ids are unique in the database).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+
+import zmq
+
+from brokers.errors import BrokerError, OutcomeUnknown, Rejected, Retryable
+from brokers.registry import build_facade
+from bus import topics
+from bus.client import Publisher, RpcWorker
+from bus.envelope import now_ns
+from bus.logs import log
+from schema import messages as m
+from schema.enums import OrderStatus, UNRESOLVED_ORDER_STATUSES
+from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
+from services.account.core import Resolution, adoption_events, resolve
+from services.convert import order_message
+from services.runtime import ProcessShell, Stopping
+from services.sessions import account_config
+
+FILL_POLL_S = 0.2
+RESOLVE_EVERY_S = 2.0
+LEASE_TTL_S = 6.0
+LEASE_RENEW_S = 1.0
+POLL_MS = 50
+
+
+class FencedOut(Exception):
+    """Another copy of this session's account process holds a newer lease."""
+
+
+class AccountService:
+    def __init__(self, shell: ProcessShell, session_name: str) -> None:
+        self.shell = shell
+        self.log = shell.log
+        self.store = shell.store()
+        self.session = self.store.get_session(session_name)
+        self.broker = build_facade(account_config(self.store, self.session.account))
+        self.epoch = 0
+        self.publisher: Publisher | None = None
+        self.worker: RpcWorker | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        self.epoch = self._acquire_lease()
+        bus = self.shell.bus()
+        self.publisher = bus.publisher()
+        self.worker = bus.rpc_worker(topics.account_service(self.session.name))
+        try:
+            self.recover()
+            self.poll_fills()
+            log(self.log, "serving", session=self.session.name, epoch=self.epoch)
+            self._loop()
+        finally:
+            self.store.release_lease(self._lease_name, self.shell.owner)
+            bus.close()
+            self.broker.close()
+
+    @property
+    def _lease_name(self) -> str:
+        return f"account:{self.session.name}"
+
+    def _acquire_lease(self) -> int:
+        while True:
+            lease = self.store.acquire_session_lease(
+                self.session.name, self.shell.owner, ttl_ns=int(LEASE_TTL_S * 1e9), now_ns=now_ns())
+            if lease is not None:
+                log(self.log, "lease_acquired", session=self.session.name, epoch=lease.epoch)
+                return lease.epoch
+            holder = self.store.get_lease(self._lease_name)
+            log(self.log, "waiting_for_lease", level=logging.WARNING, session=self.session.name,
+                holder=getattr(holder, "owner", None))
+            self.shell.pause(LEASE_RENEW_S)
+
+    def _loop(self) -> None:
+        assert self.worker is not None
+        poller = zmq.Poller()
+        poller.register(self.worker.socket, zmq.POLLIN)
+        next_fills = next_resolve = next_renew = time.monotonic()
+        while not self.shell.stopping:
+            events = dict(poller.poll(POLL_MS))
+            if self.worker.socket in events:
+                self._serve_pending()
+            self.worker.heartbeat()
+            now = time.monotonic()
+            if now >= next_renew:
+                self._renew_lease()
+                next_renew = now + LEASE_RENEW_S
+            if now >= next_fills:
+                self.poll_fills()
+                next_fills = now + FILL_POLL_S
+            if now >= next_resolve:
+                self.resolve_unknown()
+                next_resolve = now + RESOLVE_EVERY_S
+
+    def _renew_lease(self) -> None:
+        ok = self.store.renew_lease(self._lease_name, self.shell.owner, self.epoch,
+                                    ttl_ns=int(LEASE_TTL_S * 1e9), now_ns=now_ns())
+        if not ok:
+            log(self.log, "fenced_out", level=logging.CRITICAL, session=self.session.name, epoch=self.epoch)
+            raise FencedOut(f"lease {self._lease_name} lost at epoch {self.epoch}")
+
+    # ------------------------------------------------------------------ requests
+
+    def _serve_pending(self) -> None:
+        assert self.worker is not None
+        while (request := self.worker.recv(timeout_ms=0)) is not None:
+            body = request.envelope.body
+            try:
+                reply = self._handle(body)
+            except Stopping:
+                raise
+            except FencedOut:
+                raise
+            except Exception as exc:  # noqa: BLE001 - answer the caller, keep serving
+                self.log.exception("request failed")
+                reply = m.ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}")
+            self.worker.reply(request, reply)
+
+    def _handle(self, body: m.Message) -> m.Message:
+        if isinstance(body, m.SubmitOrder):
+            if body.session != self.session.name:
+                return m.ErrorReply(code="wrong_session",
+                                    message=f"this is account.{self.session.name}, not {body.session}")
+            return m.OrderReply(order=order_message(self.submit(body)))
+        if isinstance(body, m.CancelOrder):
+            return m.OrderReply(order=order_message(self.cancel(body.client_order_id)))
+        if isinstance(body, m.AccountSnapshotRequest):
+            return self.snapshot()
+        return m.ErrorReply(code="unsupported", message=f"account service does not handle {body.TYPE!r}")
+
+    def snapshot(self) -> m.AccountSnapshot:
+        position = self.store.get_position(self.session.name, self.session.contract)
+        open_orders = [order_message(o) for o in self.store.open_orders(self.session.name)]
+        return m.AccountSnapshot(session=self.session.name, symbol=self.session.contract,
+                                 position=position.quantity, open_orders=open_orders)
+
+    # ------------------------------------------------------------------ orders
+
+    def submit(self, request: m.SubmitOrder) -> OrderState:
+        order, created = self.store.create_order(
+            self.session.name,
+            signal=request.signal,
+            symbol=request.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            quantity=request.quantity,
+            limit_price=request.limit_price,
+            stop_price=request.stop_price,
+            time_in_force=request.time_in_force,
+            epoch=self.epoch,
+            now_ns=now_ns(),
+        )
+        if created:
+            log(self.log, "order_written", client_order_id=order.client_order_id, signal=request.signal)
+            self._publish_order(order)
+            return self._send(order)
+        # The same signal again (a retried request, or a restarted strategy re-executing its
+        # outbox). Whatever state the order is in, it is not sent again without asking.
+        if OrderStatus(order.status) in UNRESOLVED_ORDER_STATUSES:
+            return self._settle(order)
+        return order
+
+    def _send(self, order: OrderState) -> OrderState:
+        try:
+            answer = self.broker.submit_order(_order_request(order))
+        except Rejected as exc:
+            return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": str(exc)}))
+        except OutcomeUnknown as exc:
+            log(self.log, "outcome_unknown", level=logging.WARNING, client_order_id=order.client_order_id,
+                error=str(exc))
+            order = self._apply(order, OrderEvent(OrderEventKind.OUTCOME_UNKNOWN, now_ns(), {"reason": str(exc)}))
+            return self._settle(order)
+        except Retryable as exc:
+            # The request never reached the broker: the order stays pending_submit and is sent
+            # (after a lookup) when the caller retries or at the next resolve round.
+            log(self.log, "send_deferred", level=logging.WARNING, client_order_id=order.client_order_id,
+                error=str(exc))
+            return order
+        order = self._apply(order, OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {}))
+        return self._adopt(order, answer)
+
+    def _settle(self, order: OrderState) -> OrderState:
+        """Resolve an unresolved order by asking the broker for its client order id."""
+        try:
+            found = self.broker.order_by_client_id(order.client_order_id)
+        except BrokerError as exc:
+            log(self.log, "resolve_failed", level=logging.WARNING, client_order_id=order.client_order_id,
+                error=f"{type(exc).__name__}: {exc}")
+            return order
+        step = resolve(order, found=found is not None)
+        log(self.log, "resolve", client_order_id=order.client_order_id, status=str(order.status),
+            resolution=str(step.resolution), why=step.why)
+        if step.resolution is Resolution.ADOPT:
+            return self._adopt(order, found)
+        if step.resolution is Resolution.SEND:
+            return self._send(order)
+        if step.resolution is Resolution.ABSENT:
+            return self._apply(order, OrderEvent(OrderEventKind.RESOLVED_ABSENT, now_ns(), {"reason": step.why}))
+        alert = m.Alert(level="critical", text=f"{order.client_order_id}: {step.why}", session=self.session.name)
+        self._publish(topics.ALERT, alert)
+        return order
+
+    def _adopt(self, order: OrderState, broker_order) -> OrderState:
+        for event in adoption_events(order, OrderStatus(broker_order.status),
+                                     broker_order_id=broker_order.broker_order_id,
+                                     reason=broker_order.reason, ts_ns=now_ns()):
+            order = self._apply(order, event)
+        return order
+
+    def cancel(self, client_order_id: str) -> OrderState:
+        order = self.store.get_order(client_order_id)
+        if OrderStatus(order.status).is_terminal:
+            return order
+        order = self._apply(order, OrderEvent(OrderEventKind.CANCEL_REQUESTED, now_ns(), {}))
+        try:
+            answer = self.broker.cancel_order(client_order_id)
+        except OutcomeUnknown:
+            return self._settle_cancel(order)
+        except BrokerError as exc:
+            return self._apply(order, OrderEvent(OrderEventKind.CANCEL_REJECTED, now_ns(), {"reason": str(exc)}))
+        return self._adopt(order, answer)
+
+    def _settle_cancel(self, order: OrderState) -> OrderState:
+        try:
+            found = self.broker.order_by_client_id(order.client_order_id)
+        except BrokerError:
+            return order
+        if found is None:
+            return order
+        if OrderStatus(found.status) in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+            return self._adopt(order, found)
+        return self._apply(order, OrderEvent(OrderEventKind.CANCEL_REJECTED, now_ns(),
+                                             {"reason": f"still {found.status} at broker"}))
+
+    def _apply(self, order: OrderState, event: OrderEvent) -> OrderState:
+        try:
+            updated = self.store.apply_order_event(order.client_order_id, event, epoch=self.epoch)
+        except IllegalTransition as exc:
+            log(self.log, "illegal_transition", level=logging.ERROR, client_order_id=order.client_order_id,
+                status=str(order.status), event=str(event.kind), error=str(exc))
+            return self.store.get_order(order.client_order_id)
+        self._publish_order(updated)
+        return updated
+
+    # ------------------------------------------------------------------ recovery and fills
+
+    def recover(self) -> None:
+        """Settle every unresolved order with the broker before serving anyone."""
+        for order in self.store.orders(self.session.name, statuses=sorted(UNRESOLVED_ORDER_STATUSES)):
+            self._settle(order)
+
+    def resolve_unknown(self) -> None:
+        for order in self.store.orders(self.session.name, statuses=[OrderStatus.UNKNOWN, OrderStatus.PENDING_SUBMIT]):
+            self._settle(order)
+
+    def poll_fills(self) -> None:
+        session = self.store.get_session(self.session.name)
+        try:
+            fills, cursor = self.broker.fills_since(session.fill_cursor)
+        except BrokerError as exc:
+            log(self.log, "fills_poll_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+            return
+        for fill in fills:
+            if not (fill.client_order_id or "").startswith(f"{self.session.name}."):
+                # Another session's order on a shared account, or a trade made outside the engine:
+                # not ours to book. The reconciler repairs positions to the broker's truth.
+                continue
+            result = self.store.record_fill(
+                self.session.name,
+                broker_fill_id=fill.broker_fill_id,
+                client_order_id=fill.client_order_id,
+                symbol=fill.symbol,
+                side=str(fill.side),
+                quantity=fill.quantity,
+                price=fill.price,
+                ts_ns=fill.ts_ns,
+                now_ns=now_ns(),
+            )
+            if result is None:
+                continue  # already in the ledger
+            log(self.log, "fill_recorded", broker_fill_id=fill.broker_fill_id,
+                client_order_id=fill.client_order_id, quantity=str(fill.quantity), price=str(fill.price))
+            self._publish(topics.fill(self.session.name), m.FillRecorded(
+                session=self.session.name, broker_fill_id=fill.broker_fill_id,
+                client_order_id=fill.client_order_id or "", symbol=fill.symbol, side=str(fill.side),
+                quantity=fill.quantity, price=fill.price, ts_ns=fill.ts_ns), event_ns=fill.ts_ns)
+            if result.order is not None:
+                self._publish_order(result.order)
+            self._publish(topics.position(self.session.name), m.PositionChanged(
+                session=self.session.name, symbol=result.position.symbol, quantity=result.position.quantity,
+                average_price=result.position.average_price, reason=f"fill {fill.broker_fill_id}"))
+        if cursor != session.fill_cursor and cursor is not None:
+            self.store.set_fill_cursor(self.session.name, cursor)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _publish_order(self, order: OrderState) -> None:
+        self._publish(topics.order(self.session.name), order_message(order))
+
+    def _publish(self, topic: str, body: m.Message, event_ns: int | None = None) -> None:
+        assert self.publisher is not None
+        self.publisher.publish(topic, body, session=self.session.name, event_ns=event_ns)
+
+
+def _order_request(order: OrderState):
+    from brokers.base import OrderRequest
+    from schema.enums import OrderType, Side, TimeInForce
+
+    return OrderRequest(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=Side(order.side),
+        order_type=OrderType(order.order_type),
+        quantity=order.quantity,
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
+        time_in_force=TimeInForce(order.time_in_force),
+    )
+
+
+def run(shell: ProcessShell, session: str) -> None:
+    AccountService(shell, session).run()
+
+

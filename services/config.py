@@ -1,0 +1,193 @@
+"""Where an installation keeps its files, and its configuration.
+
+An installation is a *root* folder holding ``supervisord.conf`` (the process tree), an optional
+``tradebus.toml`` (settings) and the ``state/`` folder (database, journal, logs, sockets,
+generated supervisord include files). The root is ``$TRADEBUS_ROOT`` when set (supervisord sets it
+for every child), else the current folder. Every setting has a default, so a fresh clone runs the
+demo with no configuration at all.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT_ENV = "TRADEBUS_ROOT"
+DB_URL_ENV = "TRADEBUS_DB_URL"
+CONFIG_FILE = "tradebus.toml"
+SUPERVISORD_CONF = "supervisord.conf"
+
+SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+
+DEFAULT_VENUE_PORT = 47650
+DEFAULT_PACE_S = 1.0
+DEFAULT_SEED = 7
+DEFAULT_HISTORY_BARS = 60
+DEFAULT_RECONCILERS = 2
+DEFAULT_RECONCILE_INTERVAL_S = 5.0
+DEFAULT_RESTARTS = 5
+DEFAULT_RESTART_WINDOW_S = 60.0
+DEMO_ACCOUNT = "SIM1"
+
+
+class ConfigError(Exception):
+    """A configuration problem, named precisely enough to fix it."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def journal(self) -> Path:
+        return self.state / "journal"
+
+    @property
+    def groups(self) -> Path:
+        """Generated supervisord include files (shared services and one file per session)."""
+        return self.state / "supervisor"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.root / SUPERVISORD_CONF
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.state / "supervisor.sock"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def sqlite_db(self) -> Path:
+        return self.state / "tradebus.db"
+
+    def session_group_file(self, session: str) -> Path:
+        return self.groups / f"session-{session}.conf"
+
+
+@dataclass(frozen=True)
+class VenueSimConfig:
+    port: int = DEFAULT_VENUE_PORT
+    pace_s: float = DEFAULT_PACE_S
+    seed: int = DEFAULT_SEED
+    history_bars: int = DEFAULT_HISTORY_BARS
+    interval: str = "1m"
+    csv: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class DemoSession:
+    name: str
+    symbol: str
+    strategy: str
+    params: dict[str, Any]
+
+
+DEMO_SESSIONS = (
+    DemoSession("es-sma", "ES", "sma_cross", {"fast": 3, "slow": 8, "qty": 1}),
+    DemoSession("6e-sma", "6E", "sma_cross", {"fast": 3, "slow": 8, "qty": 2}),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: Paths
+    db_url: str
+    venue_sim: VenueSimConfig
+    reconcilers: int = DEFAULT_RECONCILERS
+    reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
+    restarts: int = DEFAULT_RESTARTS
+    restart_window_s: float = DEFAULT_RESTART_WINDOW_S
+    demo: bool = True
+
+
+def find_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    raw = explicit or os.environ.get(ROOT_ENV) or os.getcwd()
+    root = Path(raw).resolve()
+    if not (root / SUPERVISORD_CONF).is_file():
+        raise ConfigError(
+            f"{root} holds no {SUPERVISORD_CONF}: run tradebus from the installation folder "
+            f"or set {ROOT_ENV}"
+        )
+    return root
+
+
+def load_config(root: Path | None = None) -> Config:
+    """Read ``tradebus.toml`` (optional) under the root; unknown keys are errors, not ignored."""
+    paths = Paths(root or find_root())
+    raw: dict[str, Any] = {}
+    if paths.config_file.is_file():
+        try:
+            raw = tomllib.loads(paths.config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{paths.config_file}: not valid TOML: {exc}") from exc
+    engine = _section(raw, "engine", {"db_url", "reconcilers", "reconcile_interval_s", "restarts",
+                                      "restart_window_s", "demo"}, paths)
+    venue = _section(raw, "venue_sim", {"port", "pace_s", "seed", "history_bars", "interval", "csv"},
+                     paths)
+    unknown = set(raw) - {"engine", "venue_sim"}
+    if unknown:
+        raise ConfigError(f"{paths.config_file}: unknown section(s) {sorted(unknown)}")
+    db_url = os.environ.get(DB_URL_ENV) or engine.get("db_url") or f"sqlite:///{paths.sqlite_db}"
+    try:
+        venue_cfg = VenueSimConfig(
+            port=int(venue.get("port", DEFAULT_VENUE_PORT)),
+            pace_s=float(venue.get("pace_s", DEFAULT_PACE_S)),
+            seed=int(venue.get("seed", DEFAULT_SEED)),
+            history_bars=int(venue.get("history_bars", DEFAULT_HISTORY_BARS)),
+            interval=str(venue.get("interval", "1m")),
+            csv={str(k): str(v) for k, v in dict(venue.get("csv", {})).items()},
+        )
+        config = Config(
+            paths=paths,
+            db_url=db_url,
+            venue_sim=venue_cfg,
+            reconcilers=int(engine.get("reconcilers", DEFAULT_RECONCILERS)),
+            reconcile_interval_s=float(engine.get("reconcile_interval_s", DEFAULT_RECONCILE_INTERVAL_S)),
+            restarts=int(engine.get("restarts", DEFAULT_RESTARTS)),
+            restart_window_s=float(engine.get("restart_window_s", DEFAULT_RESTART_WINDOW_S)),
+            demo=bool(engine.get("demo", True)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{paths.config_file}: bad value: {exc}") from exc
+    if not 1 <= config.reconcilers <= 16:
+        raise ConfigError(f"{paths.config_file}: engine.reconcilers must be 1..16, got {config.reconcilers}")
+    if config.venue_sim.pace_s <= 0:
+        raise ConfigError(f"{paths.config_file}: venue_sim.pace_s must be > 0")
+    return config
+
+
+def _section(raw: dict[str, Any], name: str, allowed: set[str], paths: Paths) -> dict[str, Any]:
+    section = raw.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{paths.config_file}: [{name}] must be a table")
+    unknown = set(section) - allowed
+    if unknown:
+        raise ConfigError(f"{paths.config_file}: unknown key(s) in [{name}]: {sorted(unknown)}")
+    return section
+
+
+def validate_session_name(name: str) -> str:
+    if not SESSION_NAME.match(name):
+        raise ConfigError(
+            f"bad session name {name!r}: use 1-24 characters, lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return name

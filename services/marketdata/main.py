@@ -1,0 +1,114 @@
+"""The market-data process of one session: bars from the data source onto the bus.
+
+A streaming thread reads the broker's bar stream and publishes each new closed bar on
+``md.<SYMBOL>.bar.<interval>``; on a disconnect it reconnects with capped backoff and resumes
+after the last bar it published, so a reconnect neither repeats nor skips a bar. The main thread
+serves ``marketdata.<session>``: recent bars for a late joiner (the strategy at start), which
+subscribes first and then asks, so nothing falls between the two.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import zmq
+
+from brokers.errors import BrokerError
+from brokers.registry import build_facade
+from bus import topics
+from bus.logs import log
+from schema import messages as m
+from services.convert import bar_message
+from services.marketdata.core import BarBook
+from services.retry import Backoff
+from services.runtime import ProcessShell, Stopping
+from services.sessions import account_config
+
+HISTORY_BARS = 500
+POLL_MS = 100
+STREAM_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+
+
+class MarketDataService:
+    def __init__(self, shell: ProcessShell, session_name: str) -> None:
+        self.shell = shell
+        self.log = shell.log
+        store = shell.store()
+        self.session = store.get_session(session_name)
+        self.broker = build_facade(account_config(store, self.session.data_source))
+        store.close()
+        self.symbol = self.session.contract
+        self.interval = self.session.interval
+        self.topic = topics.bar(self.symbol, self.interval)
+        self.book = BarBook()
+        self.bus = shell.bus()
+
+    def run(self) -> None:
+        self._load_history()
+        streamer = threading.Thread(target=self._stream, name="bar-stream", daemon=True)
+        streamer.start()
+        worker = self.bus.rpc_worker(topics.marketdata_service(self.session.name))
+        poller = zmq.Poller()
+        poller.register(worker.socket, zmq.POLLIN)
+        try:
+            while not self.shell.stopping:
+                if dict(poller.poll(POLL_MS)):
+                    while (request := worker.recv(timeout_ms=0)) is not None:
+                        worker.reply(request, self._answer(request.envelope.body))
+                worker.heartbeat()
+                if not streamer.is_alive() and not self.shell.stopping:
+                    raise RuntimeError("bar stream thread died")
+        finally:
+            self.shell.request_stop()
+            streamer.join(timeout=5)
+            self.bus.close()
+            self.broker.close()
+
+    def _answer(self, body: m.Message) -> m.Message:
+        if not isinstance(body, m.BarsRequest):
+            return m.ErrorReply(code="unsupported", message=f"marketdata does not handle {body.TYPE!r}")
+        if (body.symbol, body.interval) != (self.symbol, self.interval):
+            return m.ErrorReply(code="unknown_symbol",
+                                message=f"this service has {self.symbol} {self.interval}, not "
+                                        f"{body.symbol} {body.interval}")
+        return m.BarsReply(bars=self.book.after(body.after_ts_ns))
+
+    def _load_history(self) -> None:
+        bars = self.shell.until_connected(
+            "data source", lambda: self.broker.historical_bars(self.symbol, self.interval, limit=HISTORY_BARS))
+        self.book.extend(bar_message(b) for b in bars)
+        log(self.log, "history_loaded", symbol=self.symbol, bars=len(bars), last_index=self.book.last_index)
+
+    def _stream(self) -> None:
+        """Runs on its own thread with its own publisher socket (ZeroMQ sockets are per thread)."""
+        publisher = self.bus.publisher()
+        attempt = 0
+        try:
+            while not self.shell.stopping:
+                try:
+                    for bar in self.broker.stream_bars(self.symbol, self.interval, after_index=self.book.last_index):
+                        if self.shell.stopping:
+                            return
+                        attempt = 0
+                        if bar is None:
+                            continue  # keep-alive
+                        message = bar_message(bar)
+                        if self.book.add(message):
+                            publisher.publish(self.topic, message, session=self.session.name, event_ns=bar.ts_ns)
+                except BrokerError as exc:
+                    attempt += 1
+                    delay = STREAM_BACKOFF.delay(attempt) or STREAM_BACKOFF.cap_s
+                    log(self.log, "stream_reconnect", level=logging.WARNING, symbol=self.symbol,
+                        error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3),
+                        resume_after_index=self.book.last_index)
+                    self.shell.pause(delay)
+        except Stopping:
+            return
+        finally:
+            publisher.close()
+
+
+def run(shell: ProcessShell, session: str) -> None:
+    MarketDataService(shell, session).run()
+
+

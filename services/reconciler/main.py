@@ -1,0 +1,158 @@
+"""A reconciler worker: keeps each session's database view equal to its broker's truth.
+
+Several workers run (supervisord ``numprocs``); each session is reconciled by exactly one of them at
+a time, the holder of the lease ``reconcile:<session>`` in the database. A round for a session:
+fetch fills the account service may not have booked yet (idempotent: fill ids are unique), then
+compare position and open orders with the broker. A position difference that survives a re-check
+is repaired to the broker's number (the broker is the truth for positions) with a recorded event;
+an order open locally but finished at the broker takes the broker's state. Everything changed is
+announced on ``reconcile.<session>``.
+
+Orders still being sent (``pending_submit``, ``submitted``, ``unknown``) belong to the account
+service, which settles them by client order id; the reconciler leaves them alone.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+
+from brokers.errors import BrokerError
+from brokers.registry import build_facade
+from bus import topics
+from bus.envelope import now_ns
+from bus.logs import log
+from schema import messages as m
+from schema.enums import OrderStatus
+from services.account.core import WORKING, adoption_events
+from services.reconciler.core import compare
+from services.runtime import ProcessShell
+from services.sessions import account_config
+
+RECHECKS = 3
+
+
+class Reconciler:
+    def __init__(self, shell: ProcessShell, worker: int) -> None:
+        self.shell = shell
+        self.log = shell.log
+        self.worker = worker
+        self.store = shell.store()
+        self.bus = shell.bus()
+        self.publisher = self.bus.publisher()
+        self.interval_s = shell.config.reconcile_interval_s
+        self.brokers: dict[str, object] = {}
+
+    def run(self) -> None:
+        try:
+            while not self.shell.stopping:
+                started = time.monotonic()
+                self.round()
+                self.shell.pause(max(0.0, self.interval_s - (time.monotonic() - started)))
+        finally:
+            for broker in self.brokers.values():
+                broker.close()
+            self.bus.close()
+            self.store.close()
+
+    def round(self) -> None:
+        sessions = self.store.list_sessions()
+        # Start at a different session per worker so the first claims spread out.
+        offset = self.worker % max(1, len(sessions))
+        for session in sessions[offset:] + sessions[:offset]:
+            if self.shell.stopping:
+                return
+            lease = self.store.acquire_lease(f"reconcile:{session.name}", self.shell.owner,
+                                             ttl_ns=int(self.interval_s * 3 * 1e9), now_ns=now_ns())
+            if lease is None:
+                continue
+            try:
+                self.reconcile(session)
+            except BrokerError as exc:
+                log(self.log, "reconcile_deferred", level=logging.WARNING, session=session.name,
+                    error=f"{type(exc).__name__}: {exc}")
+
+    def _broker(self, account: str):
+        if account not in self.brokers:
+            self.brokers[account] = build_facade(account_config(self.store, account))
+        return self.brokers[account]
+
+    def reconcile(self, session) -> None:
+        broker = self._broker(session.account)
+        prefix = f"{session.name}."
+        changes: list[str] = []
+        discrepancy = None
+        for _ in range(RECHECKS):
+            # Broker first, then its fills: every fill inside the broker's position is then booked
+            # before the database is read, so a difference left over is real or a fill that landed
+            # between the reads (the database is then ahead) — which the next pass settles.
+            broker_position = _net(broker.positions(), session.contract)
+            broker_open = [o.client_order_id for o in broker.open_orders() if o.symbol == session.contract]
+            changes += self._book_missing_fills(session, broker, prefix)
+            db_position = self.store.get_position(session.name, session.contract).quantity
+            db_open = [o.client_order_id for o in self.store.open_orders(session.name)
+                       if OrderStatus(o.status) in WORKING]
+            discrepancy = compare(broker_position=broker_position, db_position=db_position,
+                                  broker_open=broker_open, db_open=db_open, our_prefix=prefix)
+            if discrepancy.clean:
+                break
+        assert discrepancy is not None
+        if discrepancy.position_mismatch:
+            position = self.store.set_position(session.name, session.contract, discrepancy.broker_position, None,
+                                               reason="reconciled to broker", now_ns=now_ns())
+            self._publish(session.name, topics.position(session.name), m.PositionChanged(
+                session=session.name, symbol=session.contract, quantity=position.quantity,
+                average_price=position.average_price, reason="reconciled to broker"))
+            changes.append(f"position repaired: {discrepancy.db_position} -> {discrepancy.broker_position}")
+        for cid in discrepancy.missing_at_broker:
+            changes += self._adopt_finished(session, broker, cid)
+        for cid in discrepancy.unknown_to_db:
+            changes.append(f"{cid} is open at the broker but unknown to the database")
+            self._publish(session.name, topics.ALERT, m.Alert(
+                level="critical", text=f"order {cid} open at broker, unknown to tradebus", session=session.name))
+        report = m.ReconcileReport(session=session.name, changes=changes,
+                                   broker_position=discrepancy.broker_position,
+                                   db_position=discrepancy.db_position, ok=not changes)
+        self._publish(session.name, topics.reconcile(session.name), report)
+        log(self.log, "reconciled", level=logging.WARNING if changes else logging.DEBUG,
+            session=session.name, changes=changes, position=str(discrepancy.broker_position))
+
+    def _book_missing_fills(self, session, broker, prefix: str) -> list[str]:
+        fresh = self.store.get_session(session.name)
+        fills, _cursor = broker.fills_since(fresh.fill_cursor)
+        booked = []
+        for fill in fills:
+            if not (fill.client_order_id or "").startswith(prefix):
+                continue
+            result = self.store.record_fill(
+                session.name, broker_fill_id=fill.broker_fill_id, client_order_id=fill.client_order_id,
+                symbol=fill.symbol, side=str(fill.side), quantity=fill.quantity, price=fill.price,
+                ts_ns=fill.ts_ns, now_ns=now_ns())
+            if result is not None:
+                booked.append(f"fill {fill.broker_fill_id} booked by reconciler")
+        return booked
+
+    def _adopt_finished(self, session, broker, cid: str) -> list[str]:
+        found = broker.order_by_client_id(cid)
+        order = self.store.get_order(cid)
+        if found is None:
+            self._publish(session.name, topics.ALERT, m.Alert(
+                level="critical", text=f"order {cid} ({order.status}) is unknown to the broker", session=session.name))
+            return [f"{cid} unknown to the broker"]
+        changes = []
+        for event in adoption_events(order, OrderStatus(found.status), broker_order_id=found.broker_order_id,
+                                     reason=found.reason, ts_ns=now_ns()):
+            order = self.store.apply_order_event(cid, event)
+            changes.append(f"{cid} -> {order.status} (broker says {found.status})")
+        return changes
+
+    def _publish(self, session: str, topic: str, body: m.Message) -> None:
+        self.publisher.publish(topic, body, session=session)
+
+
+def _net(positions, symbol: str) -> Decimal:
+    return sum((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
+
+
+def run(shell: ProcessShell, worker: int) -> None:
+    Reconciler(shell, worker).run()
