@@ -1,0 +1,605 @@
+"""What processes use to talk on the bus: publish, subscribe, call, serve.
+
+``BusClient`` is the one seam: it holds the ZeroMQ context, the process's source name and its
+epoch, and makes the four kinds of endpoint. Nothing here is a global; a process makes one
+BusClient and closes it on the way out. ZeroMQ sockets belong to one thread each: make a
+Publisher per thread that publishes (they share the client's sequence counters, under a lock).
+
+All of it survives a busd restart without the owner doing anything: ZeroMQ reconnects, SUB
+sockets resend their subscriptions, workers re-register with their next heartbeat, and callers
+get a clear error (never a hang) meanwhile.
+
+Sequence numbers count per (source, topic) stream. A per-source counter would make a subscriber
+of only some of a source's topics see false gaps for every message on the others.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import zmq
+
+from bus import topics as topic_names
+from bus.busd import BYE, DEADLINE_BYTES, HEARTBEAT_S, NO_DEADLINE, PROTOCOL, READY, REP, REQ
+from bus.codec import decode, encode
+from bus.endpoints import Endpoints
+from bus.envelope import Envelope, new_id, now_ns
+from bus.errors import (
+    CODE_DEADLINE,
+    CODE_MALFORMED,
+    CODE_UNKNOWN_SERVICE,
+    BusUnavailable,
+    MalformedMessage,
+    RemoteError,
+    RequestTimeout,
+)
+from bus.logs import log
+from schema.messages import SCHEMA_VERSION, ErrorReply, Heartbeat, Message
+
+PUB_SNDHWM = 100_000  # a burst this large waits in memory; beyond it, ZeroMQ drops (subscribers see a gap)
+PUB_LINGER_MS = 1_000  # on close, how long queued publications may still go out
+SUB_RCVHWM = 100_000
+RPC_HWM = 1_000
+SEND_RETRY_S = 0.05  # poll slice while waiting for busd to accept a request
+PROBE_PREFIX = "_probe."  # private topics used by Subscriber.wait_connected
+PROBE_EVERY_S = 0.05
+WORKER_CLOSE_LINGER_MS = 100  # enough for the BYE to leave
+
+logger = logging.getLogger("bus.client")
+
+GapHandler = Callable[[str, int, int], None]
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
+
+
+class BusClient:
+    """One process's connection to the bus (holds context, source name, epoch)."""
+
+    def __init__(self, endpoints: Endpoints, source: str, *, context: zmq.Context | None = None) -> None:
+        if not source:
+            raise ValueError("source (the process name) must not be empty")
+        self.endpoints = endpoints
+        self.source = source
+        self.epoch = new_id()
+        self.context = context if context is not None else zmq.Context()
+        self._own_context = context is None
+        self._lock = threading.Lock()
+        self._seqs: dict[str, int] = {}
+        self._children: list[_Closable] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ factories
+
+    def publisher(self) -> Publisher:
+        return self._adopt(Publisher(self))
+
+    def subscriber(self, topics: Iterable[str], *, on_gap: GapHandler | None = None) -> Subscriber:
+        return self._adopt(Subscriber(self, topics, on_gap=on_gap))
+
+    def rpc_client(self) -> RpcClient:
+        return self._adopt(RpcClient(self))
+
+    def rpc_worker(self, *services: str) -> RpcWorker:
+        return self._adopt(RpcWorker(self, services))
+
+    def close(self) -> None:
+        """Close every endpoint made here (close those of other threads on their thread first),
+        then the context if this client made it."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            children, self._children = self._children, []
+        for child in children:
+            child.close()
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> BusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def envelope(self, topic: str, body: Message, *, seq: int = 0, session: str | None = None,
+                 event_ns: int | None = None, correlation_id: str | None = None,
+                 causation_id: str | None = None) -> Envelope:
+        """A new envelope from this process (ids and send time filled in)."""
+        stamp = now_ns()
+        return Envelope(SCHEMA_VERSION, body.TYPE, topic, self.source, self.epoch, seq, new_id(),
+                        correlation_id, causation_id, session,
+                        stamp if event_ns is None else event_ns, stamp, body)
+
+    def _next_seq(self, topic: str) -> int:
+        with self._lock:
+            seq = self._seqs.get(topic, 0) + 1
+            self._seqs[topic] = seq
+            return seq
+
+    def _release_seq(self, topic: str, seq: int) -> None:
+        """Give back a number that was never sent, so subscribers see no false gap."""
+        with self._lock:
+            if self._seqs.get(topic) == seq:
+                self._seqs[topic] = seq - 1
+
+    def _socket(self, kind: int, **options: int) -> zmq.Socket:
+        if self._closed:
+            raise RuntimeError("bus client is closed")
+        sock = self.context.socket(kind)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
+        return sock
+
+    def _adopt(self, child: C) -> C:
+        with self._lock:
+            self._children.append(child)
+        return child
+
+
+# ---------------------------------------------------------------------------- pub/sub
+
+
+class Publisher:
+    """Publishes facts. Never blocks: past the high-water mark ZeroMQ drops, and the sequence
+    numbers let subscribers notice."""
+
+    def __init__(self, bus: BusClient) -> None:
+        self.bus = bus
+        self.socket = bus._socket(zmq.PUB, sndhwm=PUB_SNDHWM, linger=PUB_LINGER_MS)
+        self.socket.connect(bus.endpoints.pub_in)
+        self.published = 0
+
+    def publish(self, topic: str, body: Message, *, session: str | None = None,
+                event_ns: int | None = None, correlation_id: str | None = None,
+                causation_id: str | None = None) -> Envelope:
+        """Send ``body`` on ``topic``; returns the envelope as sent. Raises ``MalformedMessage``
+        (nothing sent) if the body cannot go on the wire (e.g. a float where money belongs)."""
+        if not topic:
+            raise ValueError("topic must not be empty")
+        seq = self.bus._next_seq(topic)
+        envelope = self.bus.envelope(topic, body, seq=seq, session=session, event_ns=event_ns,
+                                     correlation_id=correlation_id, causation_id=causation_id)
+        try:
+            data = encode(envelope)
+        except MalformedMessage:
+            self.bus._release_seq(topic, seq)
+            raise
+        self.socket.send_multipart([topic.encode(), data], zmq.NOBLOCK)
+        self.published += 1
+        return envelope
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """What the subscriber noticed last: ``restarted`` means a new epoch (the source restarted)."""
+
+    source: str
+    topic: str
+    expected: int
+    got: int
+    restarted: bool
+
+
+class Subscriber:
+    """Receives facts on topic prefixes (segment-aware, see ``topics.matches``) and checks each
+    (source, topic) stream for gaps and restarts.
+
+    ``on_gap(source, expected, got)`` is called before the message that revealed the gap is
+    returned: the owner should resync from the source (snapshot) or the database. A restart
+    (new epoch) calls it too, with ``expected`` from the old epoch. ``last_gap`` says which topic.
+    """
+
+    def __init__(self, bus: BusClient, topics: Iterable[str], *, on_gap: GapHandler | None = None) -> None:
+        self.bus = bus
+        self.on_gap = on_gap
+        self.socket = bus._socket(zmq.SUB, rcvhwm=SUB_RCVHWM, linger=0)
+        self.socket.connect(bus.endpoints.pub_out)
+        self._prefixes: list[str] = []
+        for topic in topics:
+            self.subscribe(topic)
+        self.received = 0
+        self.malformed = 0
+        self.gaps = 0  # messages known to be missed
+        self.restarts = 0  # sources seen with a new epoch
+        self.out_of_order = 0
+        self.last_gap: Gap | None = None
+        self._streams: dict[tuple[str, str], tuple[str, int]] = {}  # (source, topic) -> (epoch, seq)
+        self._pending: deque[Envelope] = deque()
+        self._probe: str | None = None
+        self._probe_seen = False
+        self._probe_ids = itertools.count(1)
+
+    def subscribe(self, topic: str) -> None:
+        if topic not in self._prefixes:
+            self._prefixes.append(topic)
+            self.socket.subscribe(topic.encode())
+
+    def unsubscribe(self, topic: str) -> None:
+        if topic in self._prefixes:
+            self._prefixes.remove(topic)
+            self.socket.unsubscribe(topic.encode())
+
+    def recv(self, timeout_ms: int | None = 0) -> Envelope | None:
+        """The next valid message, or None after ``timeout_ms`` (0: don't wait; None: forever).
+        Malformed messages are counted in ``malformed``, logged and skipped."""
+        if self._pending:
+            return self._pending.popleft()
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                if deadline is None:
+                    self.socket.poll(None)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.socket.poll(math.ceil(remaining * 1000)):
+                    return None
+                continue
+            envelope = self._accept(frames)
+            if envelope is not None:
+                return envelope
+            if self._pending:
+                return self._pending.popleft()
+
+    def wait_connected(self, publisher: Publisher, timeout_s: float = 5.0) -> None:
+        """Prove that this subscriber's subscriptions are live at busd, by publishing probes on a
+        private topic through ``publisher`` until one comes back. Messages that arrive meanwhile
+        are kept for ``recv``. Raises ``BusUnavailable`` on timeout."""
+        probe = f"{PROBE_PREFIX}{self.bus.epoch}.{id(self):x}.{next(self._probe_ids)}"
+        self._probe, self._probe_seen = probe, False
+        self.socket.subscribe(probe.encode())
+        deadline = time.monotonic() + timeout_s
+        body = Heartbeat(process=self.bus.source, pid=os.getpid(), state="probe")
+        try:
+            while time.monotonic() < deadline:
+                publisher.publish(probe, body)
+                until = min(deadline, time.monotonic() + PROBE_EVERY_S)
+                while not self._probe_seen and (remaining := until - time.monotonic()) > 0:
+                    if self.socket.poll(math.ceil(remaining * 1000)):
+                        self._read_available()
+                if self._probe_seen:
+                    return
+            raise BusUnavailable(f"no probe came back through busd within {timeout_s}s")
+        finally:
+            self.socket.unsubscribe(probe.encode())
+            self._probe = None
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope = self._accept(frames)
+            if envelope is not None:
+                self._pending.append(envelope)
+
+    def _accept(self, frames: list[bytes]) -> Envelope | None:
+        """Validate one message and track its stream; None if it is not for the owner."""
+        if len(frames) != 2:
+            self._malformed(f"expected 2 frames [topic, envelope], got {len(frames)}", None)
+            return None
+        topic_b, data = frames
+        try:
+            topic = topic_b.decode("utf-8")
+        except UnicodeDecodeError:
+            self._malformed("topic frame is not UTF-8", None)
+            return None
+        if topic.startswith(PROBE_PREFIX):
+            if topic == self._probe:
+                self._probe_seen = True
+            return None
+        if not any(topic_names.matches(prefix, topic) for prefix in self._prefixes):
+            return None  # a byte-prefix match only (order.s10 for order.s1): not ours
+        try:
+            envelope = decode(data)
+        except MalformedMessage as exc:
+            self._malformed(exc.reason, exc.source, topic=topic)
+            return None
+        if envelope.topic != topic:
+            self._malformed(f"topic frame {topic!r} differs from envelope topic {envelope.topic!r}",
+                            envelope.source)
+            return None
+        self.received += 1
+        self._track(envelope)
+        return envelope
+
+    def _track(self, envelope: Envelope) -> None:
+        key = (envelope.source, envelope.topic)
+        previous = self._streams.get(key)
+        seq = envelope.seq
+        if previous is None:
+            self._streams[key] = (envelope.epoch, seq)
+            return
+        epoch, last = previous
+        if epoch == envelope.epoch:
+            if seq == last + 1:
+                self._streams[key] = (epoch, seq)
+                return
+            if seq <= last:
+                self.out_of_order += 1
+                return
+            self._streams[key] = (epoch, seq)
+            self.gaps += seq - last - 1
+            restarted = False
+        else:
+            self._streams[key] = (envelope.epoch, seq)
+            self.restarts += 1
+            self.gaps += max(0, seq - 1)  # what we missed of the new epoch; the old one is unknowable
+            restarted = True
+        self.last_gap = Gap(envelope.source, envelope.topic, last + 1, seq, restarted)
+        log(logger, "source_restarted" if restarted else "gap", logging.WARNING, source=envelope.source,
+            topic=envelope.topic, expected=last + 1, got=seq)
+        if self.on_gap is not None:
+            # Keep the message if the handler raises: recv will hand it out next time.
+            self._pending.append(envelope)
+            self.on_gap(envelope.source, last + 1, seq)
+            self._pending.pop()
+
+    def _malformed(self, reason: str, source: str | None, **fields: object) -> None:
+        self.malformed += 1
+        log(logger, "malformed", logging.WARNING, channel="sub", reason=reason, source=source, **fields)
+
+
+# ---------------------------------------------------------------------------- request/reply
+
+
+class RpcClient:
+    """Calls services through busd. One call at a time per client (it is synchronous)."""
+
+    def __init__(self, bus: BusClient) -> None:
+        self.bus = bus
+        # IMMEDIATE: never queue a request while busd is unreachable, so it cannot be carried out
+        # long after the caller gave up; the caller gets BusUnavailable instead.
+        self.socket = bus._socket(zmq.DEALER, linger=0, immediate=1, sndhwm=RPC_HWM, rcvhwm=RPC_HWM)
+        self.socket.connect(bus.endpoints.rpc)
+        self.stale = 0  # replies to earlier, timed-out calls
+        self.malformed = 0
+
+    def call(self, service: str, body: Message, *, timeout_s: float, session: str | None = None,
+             causation_id: str | None = None) -> Message:
+        """Send ``body`` to ``service`` and return the reply body.
+
+        Raises ``RemoteError`` (by code: ``NoWorker``, ``UnknownService``, ...) for an error reply,
+        ``RequestTimeout`` when no reply came in time (outcome unknown), ``BusUnavailable`` when
+        the request could not even be sent (outcome known: nothing happened).
+        """
+        return self.call_envelope(service, body, timeout_s=timeout_s, session=session,
+                                  causation_id=causation_id).body
+
+    def call_envelope(self, service: str, body: Message, *, timeout_s: float,
+                      session: str | None = None, causation_id: str | None = None) -> Envelope:
+        """Like ``call`` but returns the whole reply envelope."""
+        deadline = time.monotonic() + timeout_s
+        request = self.bus.envelope(service, body, session=session, causation_id=causation_id)
+        data = encode(request)
+        deadline_ns = max(NO_DEADLINE + 1, now_ns() + int(timeout_s * 1e9))
+        frames = [PROTOCOL, REQ, service.encode(), deadline_ns.to_bytes(DEADLINE_BYTES, "big"), data]
+        self._send(frames, deadline, service, timeout_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(math.ceil(remaining * 1000)):
+                raise RequestTimeout(f"no reply from {service!r} within {timeout_s}s "
+                                     f"(request {request.message_id}); outcome unknown")
+            try:
+                reply_frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            reply = self._reply(reply_frames, request.message_id)
+            if reply is None:
+                continue
+            if isinstance(reply.body, ErrorReply):
+                raise RemoteError.from_reply(reply.body.code, reply.body.message)
+            return reply
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close()
+
+    def _send(self, frames: list[bytes], deadline: float, service: str, timeout_s: float) -> None:
+        while True:
+            try:
+                self.socket.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BusUnavailable(f"could not hand the request for {service!r} to busd within "
+                                         f"{timeout_s}s (is busd running?); nothing was sent") from None
+                self.socket.poll(math.ceil(min(remaining, SEND_RETRY_S) * 1000), zmq.POLLOUT)
+
+    def _reply(self, frames: list[bytes], message_id: str) -> Envelope | None:
+        if len(frames) != 3 or frames[0] != PROTOCOL or frames[1] != REP:
+            self.malformed += 1
+            log(logger, "malformed", logging.WARNING, channel="rpc_client",
+                reason="not a [PROTOCOL, REP, envelope] reply")
+            return None
+        try:
+            reply = decode(frames[2])
+        except MalformedMessage as exc:
+            self.malformed += 1
+            log(logger, "malformed", logging.WARNING, channel="rpc_client", reason=exc.reason, source=exc.source)
+            if exc.correlation_id == message_id:
+                raise RemoteError.from_reply(CODE_MALFORMED, f"the reply was malformed: {exc.reason}") from None
+            return None
+        if reply.correlation_id != message_id:
+            self.stale += 1
+            return None
+        return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as a worker sees it: the envelope and where the reply must go."""
+
+    envelope: Envelope
+    service: str
+    route: bytes  # busd's identity for the caller; opaque
+    deadline_ns: int  # wall-clock ns after which the caller has given up; 0: none
+
+    @property
+    def body(self) -> Message:
+        return self.envelope.body
+
+    def expired(self, at_ns: int) -> bool:
+        return self.deadline_ns != NO_DEADLINE and at_ns > self.deadline_ns
+
+
+class RpcWorker:
+    """Serves one or more services. The owner polls ``socket``, drains ``recv`` and answers each
+    request with ``reply``; it must call ``heartbeat`` from its loop at least every second or so
+    (``recv`` does it too), otherwise busd stops routing to it after WORKER_EXPIRY_S.
+
+    Requests already past their deadline are answered ``deadline`` here and never returned: the
+    caller has stopped waiting and will ask for the state instead.
+    """
+
+    def __init__(self, bus: BusClient, services: Iterable[str]) -> None:
+        self.services = tuple(services)
+        if not self.services or any(not s or any(ch.isspace() for ch in s) for s in self.services):
+            raise ValueError(f"a worker needs one or more valid service names, got {self.services!r}")
+        self.bus = bus
+        # Not IMMEDIATE (unlike RpcClient): a READY sent before the connection is up, or while busd
+        # restarts, waits in the queue and registers the worker the moment busd is reachable.
+        self.socket = bus._socket(zmq.DEALER, linger=0, sndhwm=RPC_HWM, rcvhwm=RPC_HWM)
+        self.socket.connect(bus.endpoints.rpc)
+        self._ready = [PROTOCOL, READY, *(s.encode() for s in self.services)]
+        self._last_heartbeat = -math.inf
+        self.registered_at: float | None = None  # monotonic time of the last READY that went out
+        self.malformed = 0
+        self.expired = 0
+        self.undeliverable = 0
+        self.heartbeat()
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        """Register/refresh with busd, at most every HEARTBEAT_S. Cheap: call it every loop turn.
+        After a busd restart, the next one re-registers this worker."""
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < HEARTBEAT_S:
+            return
+        try:
+            self.socket.send_multipart(self._ready, zmq.NOBLOCK)
+        except zmq.Again:
+            return  # not connected (yet): the next call tries again, not a second later
+        self._last_heartbeat = now
+        self.registered_at = now
+
+    def recv(self, timeout_ms: int | None = 0) -> Request | None:
+        """The next valid request, or None after ``timeout_ms`` (0: don't wait; None: forever).
+        Heartbeats keep going while it waits."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            self.heartbeat()
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                # Until a READY has gone out, look again soon; afterwards, once per heartbeat.
+                slice_s = HEARTBEAT_S if self.registered_at is not None else SEND_RETRY_S
+                wait_s = slice_s if deadline is None else min(slice_s, deadline - time.monotonic())
+                if wait_s <= 0:
+                    return None
+                self.socket.poll(math.ceil(wait_s * 1000))
+                continue
+            request = self._accept(frames)
+            if request is not None:
+                return request
+
+    def reply(self, request: Request, body: Message) -> Envelope:
+        """Answer ``request``. A body that cannot be encoded is logged and answered ``malformed``
+        instead, so the caller is not left waiting for a timeout."""
+        try:
+            return self._send_reply(request, body)
+        except MalformedMessage as exc:
+            log(logger, "bad_reply", logging.ERROR, service=request.service, type=getattr(body, "TYPE", "?"),
+                reason=exc.reason)
+            return self._send_reply(request, ErrorReply(
+                code=CODE_MALFORMED, message=f"the worker could not encode its reply: {exc.reason}"))
+
+    def close(self) -> None:
+        if self.socket.closed:
+            return
+        try:
+            self.socket.send_multipart([PROTOCOL, BYE], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self.socket.close(linger=WORKER_CLOSE_LINGER_MS)
+
+    # ------------------------------------------------------------------ internals
+
+    def _send_reply(self, request: Request, body: Message) -> Envelope:
+        message_id = request.envelope.message_id
+        envelope = self.bus.envelope(request.service, body, session=request.envelope.session,
+                                     correlation_id=message_id, causation_id=message_id)
+        self._send_raw(request.route, encode(envelope))
+        return envelope
+
+    def _send_raw(self, route: bytes, data: bytes) -> None:
+        try:
+            self.socket.send_multipart([PROTOCOL, REP, route, data], zmq.NOBLOCK)
+        except zmq.Again:
+            self.undeliverable += 1
+            log(logger, "reply_undeliverable", logging.WARNING, reason="busd unreachable")
+
+    def _answer_error(self, route: bytes, service: str, correlation_id: str, session: str | None,
+                      code: str, message: str) -> None:
+        envelope = self.bus.envelope(service, ErrorReply(code=code, message=message), session=session,
+                                     correlation_id=correlation_id, causation_id=correlation_id)
+        self._send_raw(route, encode(envelope))
+
+    def _accept(self, frames: list[bytes]) -> Request | None:
+        if len(frames) != 6 or frames[0] != PROTOCOL or frames[1] != REQ or len(frames[4]) != DEADLINE_BYTES:
+            self._malformed("not a [PROTOCOL, REQ, route, service, deadline, envelope] request", None)
+            return None
+        _, _, route, service_b, deadline_b, data = frames
+        service = service_b.decode("utf-8", errors="replace")
+        try:
+            envelope = decode(data)
+        except MalformedMessage as exc:
+            self._malformed(exc.reason, exc.source)
+            if exc.message_id:
+                self._answer_error(route, service if service in self.services else "rpc", exc.message_id,
+                                   None, CODE_MALFORMED, exc.reason)
+            return None
+        if service not in self.services:
+            self._answer_error(route, "rpc", envelope.message_id, envelope.session, CODE_UNKNOWN_SERVICE,
+                               f"this worker does not serve {service!r}")
+            return None
+        request = Request(envelope, service, route, int.from_bytes(deadline_b, "big"))
+        if request.expired(now_ns()):
+            self.expired += 1
+            log(logger, "request_expired", logging.WARNING, service=service, type=envelope.type,
+                source=envelope.source)
+            self._answer_error(route, service, envelope.message_id, envelope.session, CODE_DEADLINE,
+                               "the caller's deadline passed before the worker got to it")
+            return None
+        return request
+
+    def _malformed(self, reason: str, source: str | None) -> None:
+        self.malformed += 1
+        log(logger, "malformed", logging.WARNING, channel="rpc_worker", reason=reason, source=source)

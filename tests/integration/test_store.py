@@ -1,0 +1,315 @@
+"""The store against a real database, SQLite and PostgreSQL alike (``db_url``)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal as D
+
+import pytest
+
+from schema.enums import OrderStatus, RollPhase, SessionState
+from schema.errors import (
+    ConcurrentUpdate,
+    DuplicateClientOrderId,
+    FencedOut,
+    IllegalTransition,
+    OrderNotFound,
+    Overfill,
+    SessionBusy,
+    SessionExists,
+    SessionNotFound,
+)
+from schema.db import migrate
+from schema.order_fsm import OrderEvent, fold
+from schema.store import Store
+
+SECOND = 1_000_000_000
+CONTRACT = "ESZ6"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    migrate(db_url)
+    with Store.from_url(db_url) as opened:
+        yield opened
+
+
+def add_session(store: Store, name: str = "es1", now_ns: int = 1):
+    return store.add_session(name, strategy="sma_cross", params={"fast": 5, "band": D("0.25")}, symbol="ES",
+                             contract=CONTRACT, interval="1m", account="sim", data_source="sim", now_ns=now_ns)
+
+
+def create(store: Store, signal: int = 1, *, session: str = "es1", epoch: int = 0, quantity: D = D(3), **terms):
+    values = dict(symbol=CONTRACT, side="buy", order_type="limit", quantity=quantity, limit_price=D("4500.25"),
+                  stop_price=None, time_in_force="day", epoch=epoch, now_ns=10 + signal)
+    values.update(terms)
+    return store.create_order(session, signal=signal, **values)
+
+
+def fill(store: Store, fill_id: str, cid: str | None, side: str, quantity, price, *, ts: int = 100):
+    return store.record_fill("es1", broker_fill_id=fill_id, client_order_id=cid, symbol=CONTRACT, side=side,
+                             quantity=D(quantity), price=D(price), ts_ns=ts, now_ns=ts + 1)
+
+
+# ------------------------------------------------------------------------------------ sessions
+
+
+def test_sessions_are_added_read_listed_and_removed(store: Store) -> None:
+    added = add_session(store)
+    assert added.state is SessionState.STOPPED and added.lease_epoch == 0
+    assert added.params == {"fast": 5, "band": D("0.25")}
+    assert store.get_session("es1") == added
+    assert [s.name for s in store.list_sessions()] == ["es1"]
+    with pytest.raises(SessionExists):
+        add_session(store)
+    with pytest.raises(SessionNotFound):
+        store.get_session("nope")
+    with pytest.raises(ValueError):
+        add_session(store, "has.dot")
+    store.remove_session("es1", now_ns=5)
+    assert store.list_sessions() == [] and store.find_session("es1") is None
+    assert [e.kind for e in store.events("session:es1")] == ["added", "removed"]
+
+
+def test_a_session_added_again_gets_new_client_order_ids(store: Store) -> None:
+    first = add_session(store)
+    old, _ = create(store)
+    store.apply_order_event(old.client_order_id, OrderEvent.rejected(20, reason="test"))
+    store.remove_session("es1")
+    again = add_session(store, now_ns=30)
+    assert again.id != first.id
+    new, created = create(store)
+    assert created and new.client_order_id != old.client_order_id
+    assert new.client_order_id == store.client_order_id_for(again, 1) == f"es1.{again.id}.1"
+
+
+def test_removing_a_session_with_live_risk_needs_force(store: Store) -> None:
+    add_session(store)
+    create(store)
+    with pytest.raises(SessionBusy):
+        store.remove_session("es1")
+    store.remove_session("es1", force=True)
+    assert store.find_session("es1") is None
+
+
+def test_session_transitions_go_through_the_table_with_an_event(store: Store) -> None:
+    add_session(store)
+    started = store.transition_session("es1", "start", reason="process started", now_ns=5)
+    assert (started.state, started.state_reason, started.updated_ns) == (SessionState.STARTING, "process started", 5)
+    with pytest.raises(IllegalTransition):
+        store.transition_session("es1", "resume", reason="nope", now_ns=6)
+    after = store.get_session("es1")
+    assert after == started  # nothing written
+    assert [(e.kind, e.data) for e in store.events("session:es1")][-1] == (
+        "start", {"from": "stopped", "to": "starting", "reason": "process started"})
+
+
+def test_fill_cursor_heat_and_rolls(store: Store) -> None:
+    add_session(store)
+    assert store.set_fill_cursor("es1", "cursor-42").fill_cursor == "cursor-42"
+    assert store.set_heat_state("es1", "warned", reason="drawdown", now_ns=3).heat_state == "warned"
+    roll = store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", now_ns=4)
+    assert store.active_roll("es1") == roll and store.get_session("es1").roll_state is RollPhase.CANCEL_WORKING
+    with pytest.raises(IllegalTransition):
+        store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", now_ns=5)
+    with pytest.raises(IllegalTransition):
+        store.set_roll_phase(roll.id, RollPhase.CANCEL_WORKING, now_ns=5)  # phases only move forward
+    store.set_roll_phase(roll.id, RollPhase.OPEN_NEW, now_ns=6)
+    assert store.set_roll_phase(roll.id, "done", now_ns=7).is_done
+    session = store.get_session("es1")
+    assert (session.contract, session.roll_state, store.active_roll("es1")) == ("ESH7", RollPhase.NONE, None)
+
+
+# ------------------------------------------------------------------------------------ orders
+
+
+def test_create_order_writes_ahead_and_is_idempotent(store: Store) -> None:
+    add_session(store)
+    order, created = create(store, signal=7)
+    assert created and order.status is OrderStatus.PENDING_SUBMIT and order.version == 1
+    assert store.get_order(order.client_order_id) == order
+    assert [e.kind for e in store.order_events(order.client_order_id)] == ["created"]
+    # The same (session, signal) again: the same order, nothing new written.
+    again, created_again = create(store, signal=7)
+    assert (again, created_again) == (order, False)
+    assert len(store.order_events(order.client_order_id)) == 1
+    # The same signal for different terms is a bug upstream, not a new order.
+    with pytest.raises(DuplicateClientOrderId):
+        create(store, signal=7, quantity=D(4))
+    with pytest.raises(SessionNotFound):
+        create(store, session="nope")
+    with pytest.raises(OrderNotFound):
+        store.get_order("es1.1.999")
+    assert store.find_order("es1.1.999") is None
+
+
+def test_applied_events_fold_to_the_row(store: Store) -> None:
+    add_session(store)
+    order, _ = create(store)
+    cid = order.client_order_id
+    for event in (
+        OrderEvent.submit_sent(20),
+        OrderEvent.accepted(21, broker_order_id="B-1"),
+        OrderEvent.cancel_requested(22),
+        OrderEvent.cancel_rejected(23, reason="busy"),
+        OrderEvent.replace_requested(24, quantity=D(5), limit_price=D("4499.5"), stop_price=None),
+        OrderEvent.replaced(25, quantity=D(5), limit_price=D("4499.5"), stop_price=None),
+    ):
+        order = store.apply_order_event(cid, event)
+    assert (order.status, order.quantity, order.limit_price, order.version) == (
+        OrderStatus.ACCEPTED, D(5), D("4499.5"), 7)
+    assert store.get_order(cid) == order == fold(store.order_events(cid))
+    assert store.verify_orders() == []
+
+
+def test_an_illegal_event_writes_nothing(store: Store) -> None:
+    add_session(store)
+    order, _ = create(store)
+    with pytest.raises(IllegalTransition):
+        store.apply_order_event(order.client_order_id, OrderEvent.cancelled(20))
+    assert store.get_order(order.client_order_id) == order
+    assert len(store.order_events(order.client_order_id)) == 1
+
+
+def test_order_queries(store: Store) -> None:
+    add_session(store)
+    first, _ = create(store, 1)
+    second, _ = create(store, 2)
+    third, _ = create(store, 3)
+    store.apply_order_event(second.client_order_id, OrderEvent.rejected(20, reason="margin"))
+    assert [o.client_order_id for o in store.open_orders("es1")] == [first.client_order_id, third.client_order_id]
+    assert [o.signal for o in store.orders("es1", statuses=["rejected"])] == [2]
+    assert [o.signal for o in store.orders(limit=2)] == [2, 3]
+    assert store.orders("other") == []
+
+
+def test_a_stale_epoch_is_fenced_out(store: Store) -> None:
+    add_session(store)
+    old = store.acquire_session_lease("es1", "proc-a", ttl_ns=SECOND, now_ns=0)
+    new = store.acquire_session_lease("es1", "proc-b", ttl_ns=SECOND, now_ns=2 * SECOND)  # a's lease expired
+    assert (old.epoch, new.epoch) == (1, 2)
+    session = store.get_session("es1")
+    assert (session.lease_owner, session.lease_epoch) == ("proc-b", 2)
+    with pytest.raises(FencedOut):
+        create(store, 1, epoch=old.epoch)
+    assert store.orders("es1") == []
+    order, _ = create(store, 1, epoch=new.epoch)
+    with pytest.raises(FencedOut):
+        store.apply_order_event(order.client_order_id, OrderEvent.submit_sent(20), epoch=old.epoch)
+    assert store.get_order(order.client_order_id).status is OrderStatus.PENDING_SUBMIT
+    assert store.apply_order_event(order.client_order_id, OrderEvent.submit_sent(20), epoch=new.epoch).version == 2
+    with pytest.raises(FencedOut):
+        store.save_strategy_state("es1", {}, [], 30, epoch=old.epoch)
+
+
+# ------------------------------------------------------------------------------------ fills and positions
+
+
+def test_a_fill_is_booked_once_with_its_order_and_position(store: Store) -> None:
+    add_session(store)
+    order, _ = create(store)
+    cid = order.client_order_id
+    store.apply_order_event(cid, OrderEvent.submit_sent(20))
+    store.apply_order_event(cid, OrderEvent.accepted(21, broker_order_id="B-1"))
+    result = fill(store, "F-1", cid, "buy", 1, "4500.25")
+    assert result.order.status is OrderStatus.PARTIALLY_FILLED and result.order.filled_quantity == 1
+    assert (result.position.quantity, result.position.average_price) == (D(1), D("4500.25"))
+    assert fill(store, "F-1", cid, "buy", 1, "4500.25") is None  # the same fill again: nothing
+    assert store.get_order(cid).filled_quantity == 1 and store.get_position("es1", CONTRACT).quantity == 1
+    result = fill(store, "F-2", cid, "buy", 2, "4500.5", ts=200)
+    assert result.order.status is OrderStatus.FILLED
+    assert result.order.average_price == result.position.average_price == D("4500.4166666667")
+    assert [f.broker_fill_id for f in store.fills("es1")] == ["F-1", "F-2"]
+    assert [f.broker_fill_id for f in store.fills(since_ns=150)] == ["F-2"]
+    assert store.verify_orders() == []
+
+
+def test_a_fill_the_order_cannot_take_books_nothing(store: Store) -> None:
+    add_session(store)
+    order, _ = create(store)
+    store.apply_order_event(order.client_order_id, OrderEvent.accepted(20, broker_order_id="B"))
+    with pytest.raises(Overfill):
+        fill(store, "F-9", order.client_order_id, "buy", 4, "1")
+    assert store.fills() == [] and store.positions() == []
+    assert store.get_order(order.client_order_id).filled_quantity == 0
+
+
+def test_a_fill_of_an_order_we_do_not_know_still_moves_the_position(store: Store) -> None:
+    add_session(store)
+    result = fill(store, "F-1", "elsewhere.1", "sell", 2, "100")
+    assert result.order is None and result.position.quantity == D(-2)
+
+
+def test_position_math_open_add_reduce_flip_flat(store: Store) -> None:
+    add_session(store)
+    steps = [
+        ("buy", 2, "100", D(2), D(100)),  # open
+        ("buy", 2, "102", D(4), D(101)),  # add: volume-weighted
+        ("sell", 1, "200", D(3), D(101)),  # reduce: average kept
+        ("sell", 5, "90", D(-2), D(90)),  # flip: the fill's price
+        ("buy", 2, "80", D(0), None),  # flat: no average
+    ]
+    for number, (side, qty, price, quantity, average) in enumerate(steps):
+        position = fill(store, f"F-{number}", None, side, qty, price, ts=100 + number).position
+        assert (position.quantity, position.average_price) == (quantity, average)
+    assert store.get_position("es1", CONTRACT).is_flat
+    assert len(store.events(f"position:es1:{CONTRACT}")) == len(steps)
+    assert store.get_position("es1", "NQZ6").version == 0  # never booked: flat
+
+
+def test_set_position_repairs_with_an_event(store: Store) -> None:
+    add_session(store)
+    repaired = store.set_position("es1", CONTRACT, D(-3), D("99.5"), reason="broker says -3", now_ns=5)
+    assert (repaired.quantity, repaired.average_price) == (D(-3), D("99.5"))
+    assert store.positions("es1") == [repaired]
+    assert store.set_position("es1", CONTRACT, 0, D(1), reason="flat", now_ns=6).average_price is None
+    assert store.events(f"position:es1:{CONTRACT}")[0].data["reason"] == "broker says -3"
+
+
+def test_decimals_are_exact_on_both_databases(store: Store) -> None:
+    add_session(store)
+    price = D("0.1") + D("0.2")
+    assert fill(store, "F-1", None, "buy", "0.1", price).fill.price == D("0.3")
+    stored = store.fills()[0]
+    assert (str(stored.price), str(stored.quantity)) == ("0.3", "0.1")
+    big = D("12345678901234567.1234567891")
+    assert store.set_position("es1", CONTRACT, big, big, reason="fits", now_ns=2).quantity == big
+    assert str(store.get_position("es1", CONTRACT).average_price) == str(big)
+    with pytest.raises(ValueError):  # would be rounded by NUMERIC(28, 10): refused instead
+        store.set_position("es1", CONTRACT, D("0.00000000001"), None, reason="too fine", now_ns=3)
+    with pytest.raises(TypeError):
+        store.set_position("es1", CONTRACT, 0.1, None, reason="float", now_ns=3)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ strategy state, accounts, tokens
+
+
+def test_strategy_state_round_trips(store: Store) -> None:
+    add_session(store)
+    assert store.load_strategy_state("es1") is None
+    state = {"last_bar_ts": 123, "ema": D("4500.123456789"), "nested": {"xs": [D("0.1"), 2, "s", None, 1.5]}}
+    outbox = [{"kind": "submit", "signal": 3, "quantity": "1"}]
+    saved = store.save_strategy_state("es1", state, outbox, 7)
+    loaded = store.load_strategy_state("es1")
+    assert loaded == saved and (loaded.state, loaded.outbox, loaded.version) == (state, outbox, 1)
+    store.save_strategy_state("es1", {"n": 2}, [], 8, expected_version=1)
+    with pytest.raises(ConcurrentUpdate):
+        store.save_strategy_state("es1", {"n": 3}, [], 9, expected_version=1)
+    assert store.load_strategy_state("es1").state == {"n": 2}
+
+
+def test_broker_accounts_hold_no_secrets(store: Store) -> None:
+    store.upsert_broker_account("sim", "sim", {"base_url": "http://127.0.0.1:1", "timeout_s": 5, "token_url": "x"})
+    store.upsert_broker_account("sim", "sim", {"base_url": "http://127.0.0.1:2"})
+    assert [(a.name, a.config) for a in store.list_broker_accounts()] == [("sim", {"base_url": "http://127.0.0.1:2"})]
+    for secret in ({"password": "x"}, {"auth": {"client_secret": "x"}}, {"refresh_token": "x"}):
+        with pytest.raises(ValueError):
+            store.upsert_broker_account("live", "tradovate", secret)
+
+
+def test_tokens_are_stored_as_ciphertext_only(store: Store) -> None:
+    assert store.get_token("acct") is None
+    record = store.put_token("acct", "oauth2", b"\x00\x01opaque", expires_ns=10, now_ns=1)
+    assert store.get_token("acct") == record and record.ciphertext == b"\x00\x01opaque"
+    assert "opaque" not in repr(record)
+    with pytest.raises(TypeError):
+        store.put_token("acct", "oauth2", "plaintext", expires_ns=None, now_ns=2)  # type: ignore[arg-type]
