@@ -16,6 +16,9 @@ from typing import Any, TextIO
 
 RESERVED = ("ts", "level", "process", "pid", "logger", "action", "msg")
 DEFAULT_ACTION = "log"  # records logged through plain ``logger.info(...)``
+# Libraries that log every request or every setup step at INFO. httpx's request lines also carry
+# query strings, which some venues use for credentials: only their warnings get through.
+QUIET_LIBRARIES = ("httpx", "httpcore", "alembic", "urllib3")
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,6 +63,8 @@ def configure_logging(process: str, level: str | int = "INFO", *, stream: TextIO
     handler.setFormatter(JsonFormatter(process))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def log(logger: logging.Logger, action: str, level: int = logging.INFO, **fields: Any) -> None:

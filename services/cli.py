@@ -22,7 +22,7 @@ from services.config import ConfigError, Config, find_root, load_config
 DOWN_TIMEOUT_S = 60.0
 POLL_S = 0.2
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _config(root: str | None) -> Config:
@@ -160,7 +160,7 @@ def _position_row(position: Any) -> dict[str, Any]:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # ids are never cut short
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     return table
@@ -303,22 +303,33 @@ def sessions_add(root: str | None, name: str, strategy: str, symbol: str, params
 @sessions.command("remove")
 @root_option
 @click.argument("name")
-def sessions_remove(root: str | None, name: str) -> None:
-    """Stop and remove a session's group (other groups untouched); its history stays in the database."""
+@click.option("--force", is_flag=True, help="Remove even with open orders or a position (forgets live risk).")
+def sessions_remove(root: str | None, name: str, force: bool) -> None:
+    """Stop and remove a session's group (other groups untouched); its history stays in the database.
+
+    Refused while the session has open orders or a position, unless --force: a session removed
+    with live risk would leave that risk with nobody watching it.
+    """
+    from schema.errors import SessionNotFound
     from services import supervisor
 
     config = _config(root)
     store = _store(config)
     try:
-        store.get_session(name)
+        try:
+            session = store.get_session(name)
+        except SessionNotFound:
+            raise click.ClickException(f"no session named {name!r}") from None
+        open_orders = store.open_orders(name)
+        position = store.get_position(name, session.contract).quantity
+        if (open_orders or position) and not force:
+            raise click.ClickException(
+                f"session {name} has {len(open_orders)} open order(s) and position {position} in "
+                f"{session.contract}: flatten it first, or pass --force")
         if supervisor.is_running(config):
             supervisor.remove_group(config, name)
         config.paths.session_group_file(name).unlink(missing_ok=True)
-        store.remove_session(name)
-    except Exception as exc:
-        if type(exc).__name__ == "SessionNotFound":
-            raise click.ClickException(f"no session named {name!r}") from None
-        raise
+        store.remove_session(name, force=force, now_ns=_now_ns())
     finally:
         store.close()
     console.print(f"session {name} removed")

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from schema.store import Store
-from tests.integration.tree import EngineTree, wait_until
+from engine_tree import EngineTree, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +157,28 @@ def test_malformed_messages_are_rejected_logged_and_survived(tree: EngineTree, s
 
 
 def _client_request_frames(tree: EngineTree, service: str, envelope: bytes) -> list[bytes]:
-    from bus import busd
+    from bus.busd import PROTOCOL, REQ
 
-    return busd.client_request_frames(service, envelope)
+    no_deadline = (0).to_bytes(8, "big")
+    return [PROTOCOL, REQ, service.encode(), no_deadline, envelope]
+
+
+def test_sessions_remove_stops_only_that_group(tree: EngineTree, store: Store) -> None:
+    before = tree.pids()
+    tree.tradebus("sessions", "remove", "nq-sma", "--force")
+
+    def group_gone() -> dict[str, int] | None:
+        now = tree.pids()
+        return None if group_programs("nq-sma") & set(now) else now
+
+    after = wait_until(group_gone, timeout=30, what="the nq-sma group to be gone")
+    for name, pid in before.items():
+        if name not in group_programs("nq-sma"):
+            assert after.get(name) == pid, f"{name} was restarted by sessions remove"
+    assert store.find_session("nq-sma") is None
+    assert not (tree.state / "supervisor" / "session-nq-sma.conf").exists()
+
+
+def test_every_order_row_equals_the_fold_of_its_events(tree: EngineTree, store: Store) -> None:
+    assert store.orders(limit=1), "no orders to check"
+    assert store.verify_orders() == []
