@@ -203,13 +203,16 @@ def status(root: str | None, as_json: bool) -> None:
                                                  "status"]))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @root_option
 @click.option("--session", default=None, help="Only this session.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
-def orders(root: str | None, session: str | None, limit: int, as_json: bool) -> None:
-    """Recent orders, newest first."""
+@click.pass_context
+def orders(ctx: click.Context, root: str | None, session: str | None, limit: int, as_json: bool) -> None:
+    """Recent orders, newest first (`orders verify` checks them against their events)."""
+    if ctx.invoked_subcommand is not None:
+        return
     config = _config(root)
     store = _store(config)
     try:
@@ -221,6 +224,32 @@ def orders(root: str | None, session: str | None, limit: int, as_json: bool) -> 
     else:
         console.print(_table("Orders", rows, ["client_order_id", "session", "symbol", "side", "type", "quantity",
                                               "filled", "avg_price", "status", "reason"]))
+
+
+@orders.command("verify")
+@root_option
+@click.option("--session", default=None, help="Only this session.")
+@click.option("--json", "as_json", is_flag=True)
+def orders_verify(root: str | None, session: str | None, as_json: bool) -> None:
+    """Fold every order's events and compare with its row; exit 1 on any mismatch."""
+    config = _config(root)
+    store = _store(config)
+    try:
+        checked = len(store.orders(session))
+        mismatches = store.verify_orders(session)
+    finally:
+        store.close()
+    rows = [{"client_order_id": m.client_order_id, "field": m.field, "row": str(m.row), "folded": str(m.folded)}
+            for m in mismatches]
+    if as_json:
+        click.echo(json.dumps({"checked": checked, "mismatches": rows}, indent=2))
+    else:
+        console.print(f"{checked} order(s) checked, {len(rows)} mismatch(es)")
+        if rows:
+            console.print(_table("Orders whose row differs from the fold of their events", rows,
+                                 ["client_order_id", "field", "row", "folded"]))
+    if rows:
+        sys.exit(1)
 
 
 @main.command()
@@ -298,6 +327,39 @@ def sessions_add(root: str | None, name: str, strategy: str, symbol: str, params
         console.print(f"session {session.name} added ({session.contract}) and started: {path}")
     else:
         console.print(f"session {session.name} added ({session.contract}); it starts with `tradebus up`")
+
+
+@sessions.command("ack")
+@root_option
+@click.argument("name")
+def sessions_ack(root: str | None, name: str) -> None:
+    """An operator has looked: take the session out of needs_operator and restart its group, which
+    reconciles with the broker again before it trades (and escalates again if still in doubt)."""
+    from schema.errors import IllegalTransition, SessionNotFound
+    from schema.session_fsm import SessionEvent
+    from services import supervisor
+
+    config = _config(root)
+    store = _store(config)
+    try:
+        session = store.get_session(name)
+        if str(session.state) != "needs_operator":
+            raise click.ClickException(f"session {name} is {session.state}, not needs_operator: nothing to ack")
+        store.transition_session(name, SessionEvent.ACK, reason=f"acknowledged by operator "
+                                 f"(was: {session.state_reason})", now_ns=_now_ns())
+    except SessionNotFound:
+        raise click.ClickException(f"no session named {name!r}") from None
+    except IllegalTransition as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    if supervisor.is_running(config):
+        proxy = supervisor.rpc(config)
+        proxy.supervisor.stopProcessGroup(supervisor.group_name(name), True)
+        proxy.supervisor.startProcessGroup(supervisor.group_name(name), False)
+        console.print(f"session {name} acknowledged; its group is restarting")
+    else:
+        console.print(f"session {name} acknowledged; it starts with `tradebus up`")
 
 
 @sessions.command("remove")

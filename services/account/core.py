@@ -7,7 +7,9 @@ broker fill ids), so nothing here can count a fill twice.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 from schema.enums import OrderStatus
@@ -66,3 +68,19 @@ def resolve(order: OrderState, *, found: bool) -> RecoveryStep:
     # A cancel or replace in flight on an order the broker no longer knows at all: something
     # outside the engine happened to it. Guessing could double a position; ask a person.
     return RecoveryStep(Resolution.OPERATOR, f"order in {status} is unknown to the broker")
+
+
+def signed_remaining(order: OrderState) -> Decimal:
+    sign = 1 if str(order.side) == "buy" else -1
+    return sign * (order.quantity - order.filled_quantity)
+
+
+def adds_risk(position: Decimal, open_orders: Iterable[OrderState], new_order: OrderState) -> bool:
+    """Would ``new_order`` make the worst-case exposure larger?
+
+    Exposure counts the position plus every open order as if it fills in full, ``unknown`` ones
+    included (an unknown order may well be live at the broker). An order that only shrinks that
+    number — a reduction or a close — is always allowed.
+    """
+    exposure = position + sum((signed_remaining(o) for o in open_orders), Decimal(0))
+    return abs(exposure + signed_remaining(new_order)) > abs(exposure)

@@ -24,11 +24,15 @@ from bus.client import Publisher, RpcWorker
 from bus.envelope import now_ns
 from bus.logs import log
 from schema import messages as m
-from schema.enums import OrderStatus, UNRESOLVED_ORDER_STATUSES
+from schema.enums import OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
 from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
 from services.account.core import Resolution, adoption_events, resolve
 from services.convert import order_message
+from services.retry import Backoff
+from services.account.core import adds_risk
 from services.runtime import ProcessShell, Stopping
+from services.session_state import escalate
+from services.testhooks import crash_point
 from services.sessions import account_config
 
 FILL_POLL_S = 0.2
@@ -36,6 +40,8 @@ RESOLVE_EVERY_S = 2.0
 LEASE_TTL_S = 6.0
 LEASE_RENEW_S = 1.0
 POLL_MS = 50
+RECOVERY_LOOKUPS = 5
+RESOLVE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 
 
 class FencedOut(Exception):
@@ -168,12 +174,41 @@ class AccountService:
         if created:
             log(self.log, "order_written", client_order_id=order.client_order_id, signal=request.signal)
             self._publish_order(order)
+            crash_point("account.after_write_ahead")
+            refusal = self._refusal(order)
+            if refusal is not None:
+                return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": refusal}))
             return self._send(order)
         # The same signal again (a retried request, or a restarted strategy re-executing its
         # outbox). Whatever state the order is in, it is not sent again without asking.
         if OrderStatus(order.status) in UNRESOLVED_ORDER_STATUSES:
             return self._settle(order)
         return order
+
+    def _refusal(self, order: OrderState) -> str | None:
+        """Why a freshly written order must not go to the broker, or None.
+
+        While any order of the session is ``unknown`` its whole quantity is open exposure, and the
+        session may not add risk on that symbol until the broker has been asked and answered. A
+        session waiting for an operator sends nothing at all.
+        """
+        session = self.store.get_session(self.session.name)
+        if SessionState(session.state) is SessionState.NEEDS_OPERATOR:
+            return f"session needs an operator: {session.state_reason}"
+        others = [o for o in self.store.open_orders(self.session.name)
+                  if o.client_order_id != order.client_order_id and o.symbol == order.symbol]
+        unknown = [o.client_order_id for o in others if OrderStatus(o.status) is OrderStatus.UNKNOWN]
+        if not unknown:
+            return None
+        position = self.store.get_position(self.session.name, order.symbol).quantity
+        if adds_risk(position, others, order):
+            return f"adds risk while {', '.join(unknown)} is unresolved"
+        return None
+
+    def _escalate(self, reason: str) -> None:
+        log(self.log, "needs_operator", level=logging.CRITICAL, session=self.session.name, reason=reason)
+        escalate(self.store, self.session.name, reason, now_ns(), publisher=self.publisher)
+        self._publish(topics.ALERT, m.Alert(level="critical", text=reason, session=self.session.name))
 
     def _send(self, order: OrderState) -> OrderState:
         try:
@@ -191,28 +226,42 @@ class AccountService:
             log(self.log, "send_deferred", level=logging.WARNING, client_order_id=order.client_order_id,
                 error=str(exc))
             return order
+        crash_point("account.after_broker_accept")
         order = self._apply(order, OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {}))
         return self._adopt(order, answer)
 
-    def _settle(self, order: OrderState) -> OrderState:
-        """Resolve an unresolved order by asking the broker for its client order id."""
-        try:
-            found = self.broker.order_by_client_id(order.client_order_id)
-        except BrokerError as exc:
-            log(self.log, "resolve_failed", level=logging.WARNING, client_order_id=order.client_order_id,
-                error=f"{type(exc).__name__}: {exc}")
-            return order
+    def _settle(self, order: OrderState, *, attempts: int = 1) -> OrderState:
+        """Resolve an unresolved order by asking the broker for its client order id.
+
+        With ``attempts`` > 1 (recovery at start) a broker that cannot answer is asked again with
+        backoff; if it still cannot tell, the session goes to ``needs_operator`` rather than guess.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                found = self.broker.order_by_client_id(order.client_order_id)
+                break
+            except BrokerError as exc:
+                log(self.log, "resolve_failed", level=logging.WARNING, client_order_id=order.client_order_id,
+                    attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+                if attempt == attempts:
+                    if attempts > 1:
+                        self._escalate(f"cannot tell whether {order.client_order_id} ({order.status}) reached "
+                                       f"the broker: lookup failed {attempts} times ({type(exc).__name__})")
+                    return order
+                self.shell.pause(RESOLVE_BACKOFF.delay(attempt) or RESOLVE_BACKOFF.cap_s)
         step = resolve(order, found=found is not None)
         log(self.log, "resolve", client_order_id=order.client_order_id, status=str(order.status),
             resolution=str(step.resolution), why=step.why)
         if step.resolution is Resolution.ADOPT:
             return self._adopt(order, found)
         if step.resolution is Resolution.SEND:
+            refusal = self._refusal(order)
+            if refusal is not None:
+                return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": refusal}))
             return self._send(order)
         if step.resolution is Resolution.ABSENT:
             return self._apply(order, OrderEvent(OrderEventKind.RESOLVED_ABSENT, now_ns(), {"reason": step.why}))
-        alert = m.Alert(level="critical", text=f"{order.client_order_id}: {step.why}", session=self.session.name)
-        self._publish(topics.ALERT, alert)
+        self._escalate(f"{order.client_order_id}: {step.why}")
         return order
 
     def _adopt(self, order: OrderState, broker_order) -> OrderState:
@@ -262,7 +311,7 @@ class AccountService:
     def recover(self) -> None:
         """Settle every unresolved order with the broker before serving anyone."""
         for order in self.store.orders(self.session.name, statuses=sorted(UNRESOLVED_ORDER_STATUSES)):
-            self._settle(order)
+            self._settle(order, attempts=RECOVERY_LOOKUPS)
 
     def resolve_unknown(self) -> None:
         for order in self.store.orders(self.session.name, statuses=[OrderStatus.UNKNOWN, OrderStatus.PENDING_SUBMIT]):
@@ -275,6 +324,7 @@ class AccountService:
         except BrokerError as exc:
             log(self.log, "fills_poll_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             return
+        booked = 0
         for fill in fills:
             if not (fill.client_order_id or "").startswith(f"{self.session.name}."):
                 # Another session's order on a shared account, or a trade made outside the engine:
@@ -293,6 +343,7 @@ class AccountService:
             )
             if result is None:
                 continue  # already in the ledger
+            booked += 1
             log(self.log, "fill_recorded", broker_fill_id=fill.broker_fill_id,
                 client_order_id=fill.client_order_id, quantity=str(fill.quantity), price=str(fill.price))
             self._publish(topics.fill(self.session.name), m.FillRecorded(
@@ -304,6 +355,8 @@ class AccountService:
             self._publish(topics.position(self.session.name), m.PositionChanged(
                 session=self.session.name, symbol=result.position.symbol, quantity=result.position.quantity,
                 average_price=result.position.average_price, reason=f"fill {fill.broker_fill_id}"))
+        if booked:
+            crash_point("account.before_fill_cursor")
         if cursor != session.fill_cursor and cursor is not None:
             self.store.set_fill_cursor(self.session.name, cursor)
 

@@ -30,6 +30,9 @@ from services.runtime import ProcessShell
 from services.sessions import account_config
 
 RECHECKS = 3
+# A broker's fill feed can lag its positions. A difference is repaired only once the very same
+# difference has been seen for this long; a fill that was merely late arrives well within it.
+REPAIR_AFTER_S = 3.0
 
 
 class Reconciler:
@@ -42,6 +45,8 @@ class Reconciler:
         self.publisher = self.bus.publisher()
         self.interval_s = shell.config.reconcile_interval_s
         self.brokers: dict[str, object] = {}
+        # session -> (broker position, database position, monotonic time first seen)
+        self.suspect: dict[str, tuple[Decimal, Decimal, float]] = {}
 
     def run(self) -> None:
         try:
@@ -97,7 +102,13 @@ class Reconciler:
             if discrepancy.clean:
                 break
         assert discrepancy is not None
-        if discrepancy.position_mismatch:
+        if not discrepancy.position_mismatch:
+            self.suspect.pop(session.name, None)
+        if discrepancy.position_mismatch and not self._persistent(session.name, discrepancy):
+            changes.append(f"position {discrepancy.db_position} in database, {discrepancy.broker_position} "
+                           "at broker: watching")
+        elif discrepancy.position_mismatch:
+            self.suspect.pop(session.name, None)
             position = self.store.set_position(session.name, session.contract, discrepancy.broker_position, None,
                                                reason="reconciled to broker", now_ns=now_ns())
             self._publish(session.name, topics.position(session.name), m.PositionChanged(
@@ -116,6 +127,14 @@ class Reconciler:
         self._publish(session.name, topics.reconcile(session.name), report)
         log(self.log, "reconciled", level=logging.WARNING if changes else logging.DEBUG,
             session=session.name, changes=changes, position=str(discrepancy.broker_position))
+
+    def _persistent(self, session: str, d) -> bool:
+        seen = self.suspect.get(session)
+        now = time.monotonic()
+        if seen is None or seen[:2] != (d.broker_position, d.db_position):
+            self.suspect[session] = (d.broker_position, d.db_position, now)
+            return False
+        return now - seen[2] >= max(REPAIR_AFTER_S, self.interval_s * 2)
 
     def _book_missing_fills(self, session, broker, prefix: str) -> list[str]:
         fresh = self.store.get_session(session.name)

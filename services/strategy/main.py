@@ -68,7 +68,20 @@ class StrategyService:
         subscriber = self.bus.subscriber([self.bar_topic, topics.order(self.session.name)],
                                          on_gap=self._on_gap)
         try:
-            state = self._start()
+            while not self._reconciled():
+                pass  # escalated to needs_operator while reconciling: wait for the operator again
+            self._loop(subscriber)
+        finally:
+            if self.shell.stopping:
+                self._stop_cleanly()
+            self.bus.close()
+            self.store.close()
+
+    def _reconciled(self) -> bool:
+        """Start, take the account's snapshot, catch up on bars. False if the session was sent to
+        ``needs_operator`` meanwhile (e.g. the account could not settle an order with the broker)."""
+        state = self._start()
+        try:
             if state is SessionState.STARTING:
                 self._event(SessionEvent.RECONCILE, "asking the account for its snapshot")
             self._drain_outbox(block=True)
@@ -77,12 +90,11 @@ class StrategyService:
             self._catch_up()
             if state is SessionState.STARTING:
                 self._event(SessionEvent.RECONCILED, "snapshot taken, bars caught up")
-            self._loop(subscriber)
-        finally:
-            if self.shell.stopping:
-                self._stop_cleanly()
-            self.bus.close()
-            self.store.close()
+        except IllegalTransition:
+            if SessionState(self.store.get_session(self.session.name).state) is SessionState.NEEDS_OPERATOR:
+                return False
+            raise
+        return True
 
     def _loop(self, subscriber) -> None:
         poller = zmq.Poller()
