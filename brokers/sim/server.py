@@ -25,8 +25,20 @@ GET      /fills?account=&after_seq=&limit=           ``{"fills": [...], "last_se
 GET      /bars/{symbol}?interval=&after_ts_ns=&limit=  ``{"bars": [...]}`` oldest first
 GET      /bars/{symbol}/stream?interval=&after_index=  chunked NDJSON: bars, ``{"heartbeat": n}`` when idle;
                                                      409 if after_index is past the latest bar (venue restarted)
-GET      /admin/stats                                submissions per client id, counts
+GET      /admin/stats                                ``submissions`` per client id, ``faults_hit`` per rule, counts
+GET      /admin/orders                               ``{"orders": [...]}`` every order of every account
+GET      /admin/fills                                ``{"fills": [...]}`` every fill once (the truth, not the feed)
+GET      /admin/positions                            ``{"positions": [...]}`` non-flat, every account
+GET      /admin/faults                               ``{"rules": [{call, fault, probability, count, delay_s, hits}], "seed"}``
+POST     /admin/faults                               body ``{"seed"?, "rules": [...]}`` replaces all rules; 400 names the bad field
+DELETE   /admin/faults                               clears the rules
 =======  ==========================================  ==================================================
+
+Fault injection (``brokers.sim.faults``): rules, set over HTTP or with ``--faults FILE`` at start,
+make requests fail (500, an answer that never comes, a reset connection; before or after the venue
+acted) and make the fill feed that ``GET /fills`` serves lag or repeat itself (``brokers.sim.fill_feed``);
+orders, positions and the admin views always show the truth at once. Each fault fired is logged
+as ``fault_injected``. ``submissions`` counts only submits the venue acted on.
 
 Bad JSON or fields → 400 naming the field; unknown path → 404 ``{"error": "no_route"}`` (distinct
 from an order's ``not_found`` so a wrong URL is never read as "no such order"); any internal error
@@ -39,11 +51,13 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -57,7 +71,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from brokers.base import Bar, OrderRequest
 from brokers.instruments import INSTRUMENTS, canonical_root, front_contract, instrument, is_contract, parse_contract
 from brokers.intervals import interval_ns
+from brokers.sim.faults import Fault, FaultConfigError, FaultPlan, FaultRule, Fired, parse_fault_config
 from brokers.sim.feed import CsvFeed, RandomWalkFeed
+from brokers.sim.fill_feed import FeedMessage, FillFeed
 from brokers.sim.venue import (
     OrderRejected,
     UnknownAccount,
@@ -162,8 +178,17 @@ def fill_json(fill: VenueFill) -> dict[str, Any]:
     return asdict(fill)
 
 
+def feed_message_json(message: FeedMessage) -> dict[str, Any]:
+    """A fill as the feed carries it: ``seq`` is the feed's, not the venue's."""
+    return {**asdict(message.fill), "seq": message.seq}
+
+
 def position_json(position: VenuePosition) -> dict[str, Any]:
     return {"symbol": position.symbol, "quantity": position.quantity, "average_price": position.average_price}
+
+
+def account_position_json(position: VenuePosition) -> dict[str, Any]:
+    return {"account": position.account, **position_json(position)}
 
 
 def bar_json(bar: Bar) -> dict[str, Any]:
@@ -318,14 +343,24 @@ class SimConfig:
     csv: Mapping[str, Path]
     accounts: tuple[str, ...]
     history: int
+    faults: tuple[FaultRule, ...] = ()
+    """Fault rules active from the start (``--faults FILE``)."""
+    fault_seed: int | None = None
+    """Their generator's seed; None: ``seed``."""
 
 
 class SimApp:
-    """The venue, the bar books and the feeds, under one lock; the producer thread's loop."""
+    """The venue, the bar books, the feeds, the fill feed and the fault plan, under one lock; the
+    producer thread's loop."""
 
-    def __init__(self, config: SimConfig, log: JsonLog, *, now_ns: int) -> None:
+    def __init__(self, config: SimConfig, log: JsonLog, *, now_ns: int,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.log = log
+        self.monotonic = monotonic
+        """Wall time for fill-feed delays (a test seam)."""
+        self.faults = FaultPlan(config.faults, config.seed if config.fault_seed is None else config.fault_seed)
+        self.fill_feed = FillFeed()
         self.interval_ns = interval_ns(config.interval)
         self.lock = threading.Lock()
         self.new_bar = threading.Condition(self.lock)
@@ -357,11 +392,28 @@ class SimApp:
             with self.lock:
                 self.books[symbol].append(bar)
                 fills = self.venue.on_bar(bar)
+                now = self.monotonic()
+                faulted = [(fill, self._publish(fill, now)) for fill in fills]
                 self.new_bar.notify_all()
-            for fill in fills:
+            for fill, fired in faulted:
                 self.log("order_filled", account=fill.account, client_order_id=fill.client_order_id,
                          order_id=fill.order_id, fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side,
                          quantity=fill.quantity, price=fill.price, bar_index=fill.bar_index)
+                if fired is not None:
+                    self.log("fault_injected", level="warning", call="fills", fault=fired.fault, rule=fired.index,
+                             client_order_id=fill.client_order_id, fill_id=fill.fill_id, delay_s=fired.delay_s)
+
+    def _publish(self, fill: VenueFill, now: float) -> Fired | None:
+        """Put a fill the venue just made on the fill feed, lagging or repeated if a rule says so.
+        Call under the lock."""
+        fired = self.faults.for_fill()
+        if fired is None:
+            self.fill_feed.publish(fill, now=now)
+        elif fired.fault is Fault.DELAY_FILL:
+            self.fill_feed.publish(fill, now=now, delay_s=fired.delay_s)
+        else:
+            self.fill_feed.publish(fill, now=now, repeat_after_s=fired.delay_s)
+        return fired
 
     def run_producer(self) -> None:
         """Emit a round every ``pace`` seconds on the monotonic clock (no drift, no catch-up burst
@@ -402,22 +454,29 @@ class VenueHTTPServer(ThreadingHTTPServer):
                      error=f"{type(exc).__name__}: {exc}")
 
 
-Route = tuple[str, re.Pattern[str], str]
+Route = tuple[str, re.Pattern[str], str, str | None]
 _ROUTES: tuple[Route, ...] = tuple(
-    (method, re.compile(f"^{API_PREFIX}{pattern}$"), handler)
-    for method, pattern, handler in (
-        ("GET", r"/health", "get_health"),
-        ("GET", r"/instruments", "get_instruments"),
-        ("POST", r"/orders", "post_order"),
-        ("GET", r"/orders", "get_orders"),
-        ("GET", r"/orders/by-client-id/(?P<cid>[^/]+)", "get_order_by_client_id"),
-        ("POST", r"/orders/(?P<cid>[^/]+)/cancel", "post_cancel"),
-        ("POST", r"/orders/(?P<cid>[^/]+)/modify", "post_modify"),
-        ("GET", r"/positions", "get_positions"),
-        ("GET", r"/fills", "get_fills"),
-        ("GET", r"/bars/(?P<symbol>[^/]+)", "get_bars"),
-        ("GET", r"/bars/(?P<symbol>[^/]+)/stream", "get_bar_stream"),
-        ("GET", r"/admin/stats", "get_stats"),
+    (method, re.compile(f"^{API_PREFIX}{pattern}$"), handler, call)
+    for method, pattern, handler, call in (
+        # method, path, handler, call (the name fault rules use; None: never faulted)
+        ("GET", r"/health", "get_health", None),
+        ("GET", r"/instruments", "get_instruments", None),
+        ("POST", r"/orders", "post_order", "submit"),
+        ("GET", r"/orders", "get_orders", "orders"),
+        ("GET", r"/orders/by-client-id/(?P<cid>[^/]+)", "get_order_by_client_id", "lookup"),
+        ("POST", r"/orders/(?P<cid>[^/]+)/cancel", "post_cancel", "cancel"),
+        ("POST", r"/orders/(?P<cid>[^/]+)/modify", "post_modify", "modify"),
+        ("GET", r"/positions", "get_positions", "positions"),
+        ("GET", r"/fills", "get_fills", "fills"),
+        ("GET", r"/bars/(?P<symbol>[^/]+)", "get_bars", "bars"),
+        ("GET", r"/bars/(?P<symbol>[^/]+)/stream", "get_bar_stream", "stream"),
+        ("GET", r"/admin/stats", "get_stats", None),
+        ("GET", r"/admin/orders", "get_admin_orders", None),
+        ("GET", r"/admin/fills", "get_admin_fills", None),
+        ("GET", r"/admin/positions", "get_admin_positions", None),
+        ("GET", r"/admin/faults", "get_faults", None),
+        ("POST", r"/admin/faults", "post_faults", None),
+        ("DELETE", r"/admin/faults", "delete_faults", None),
     )
 )
 
@@ -435,6 +494,13 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
     # delayed ACK (~40 ms per request on Linux). A venue must answer in well under a millisecond.
     disable_nagle_algorithm = True
     server: VenueHTTPServer
+
+    # Per request (a keep-alive connection reuses the handler): a fault that waits for the venue
+    # to act and then strikes in place of the answer, the call it struck, the parsed body.
+    _pending_fault: Fired | None = None
+    _call: str | None = None
+    _params: Mapping[str, str] = MappingProxyType({})
+    _body: Any = None
 
     # -- plumbing
 
@@ -475,6 +541,14 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         self.app.log("http_error", level="warning", status=code, message=message or "")
 
     def _send_json(self, status: int, payload: object, *, close: bool = False) -> None:
+        """Answer, unless a fault is waiting for this moment (the venue has acted): then strike."""
+        fired, self._pending_fault = self._pending_fault, None
+        if fired is not None:
+            self._strike(fired)
+            return
+        self._write_json(status, payload, close=close)
+
+    def _write_json(self, status: int, payload: object, *, close: bool = False) -> None:
         body = _dumps(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -487,12 +561,13 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _dispatch(self) -> None:
+        self._pending_fault, self._call, self._params, self._body = None, None, MappingProxyType({}), None
         parts = urlsplit(self.path)
         path = parts.path
         query = parse_qs(parts.query, keep_blank_values=True)
         try:
             allowed = []
-            for method, pattern, name in _ROUTES:
+            for method, pattern, name, call in _ROUTES:
                 match = pattern.match(path)
                 if match is None:
                     continue
@@ -500,8 +575,11 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
                     allowed.append(method)
                     continue
                 params = {k: unquote(v) for k, v in match.groupdict().items()}
-                if method == "GET":
+                self._call, self._params = call, params
+                if method in ("GET", "DELETE"):
                     self._discard_body()  # keep the keep-alive connection in step
+                if call is not None and self._fault_before_acting(call):
+                    return
                 getattr(self, name)(query, **params)
                 return
             self._discard_body()
@@ -552,7 +630,66 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
             raise BadRequest(f"body is not valid JSON ({exc.__class__.__name__} at position {getattr(exc, 'pos', '?')})") from None
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
+        self._body = body
         return body
+
+    # -- fault injection
+
+    def _fault_before_acting(self, call: str) -> bool:
+        """Ask the plan about this request. A fault that strikes before the venue acts is carried
+        out now (True: the request is answered); one that strikes after is kept for ``_send_json``."""
+        with self.app.lock:
+            fired = self.app.faults.for_request(call)
+        if fired is None:
+            return False
+        if fired.fault.acts:
+            self._pending_fault = fired
+            return False
+        if self.command == "POST":
+            self._body = self._read_body_quietly()
+        self._strike(fired)
+        return True
+
+    def _read_body_quietly(self) -> Any:
+        """The body of a request a fault answers instead of the handler: read (to keep the
+        connection in step) and parsed for the log, never answered for."""
+        length = self.headers.get("Content-Length", "0")
+        if self.headers.get("Transfer-Encoding") or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            return None
+        raw = self.rfile.read(int(length)) if int(length) else b""
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def _strike(self, fired: Fired) -> None:
+        """Carry out a fault: log it, wait its delay (cut short at shutdown), then answer 500, say
+        nothing, or reset the connection."""
+        cid = self._params.get("cid")
+        if cid is None and isinstance(self._body, dict) and isinstance(self._body.get("client_order_id"), str):
+            cid = self._body["client_order_id"]
+        self.app.log("fault_injected", level="warning", call=self._call, fault=fired.fault, rule=fired.index,
+                     client_order_id=cid, method=self.command, path=urlsplit(self.path).path, delay_s=fired.delay_s)
+        self.close_connection = True  # whatever happens next, this connection is done
+        if fired.delay_s > 0 and self.app.stopping.wait(fired.delay_s):
+            return  # the venue is stopping: just close
+        if fired.fault is Fault.ACK_LOST:
+            return  # no answer ever: the client timed out long ago
+        if fired.fault.resets:
+            self._reset_connection()
+            return
+        self._write_json(500, {"error": "internal", "message": "injected fault"}, close=True)
+
+    def _reset_connection(self) -> None:
+        """Drop the connection with a TCP reset (SO_LINGER 0), like a crashed gateway."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()  # the last reference: the socket closes now, with an RST
+        except OSError:
+            pass
 
     def _symbol(self, symbol: str) -> str:
         if symbol not in self.app.books:
@@ -671,9 +808,12 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         if limit is None or limit <= 0:
             raise BadRequest("query parameter 'limit' must be positive")
         with self.app.lock:
-            fills = self.app.venue.fills_since(account or "", after_seq, limit)
-        last_seq = fills[-1].seq if fills else after_seq
-        self._send_json(200, {"fills": [fill_json(f) for f in fills], "last_seq": last_seq})
+            if account not in self.app.venue.accounts:
+                raise UnknownAccount(f"unknown account {account!r}")
+            self.app.fill_feed.release_due(self.app.monotonic())
+            messages = self.app.fill_feed.since(account, after_seq, limit)
+        last_seq = messages[-1].seq if messages else after_seq
+        self._send_json(200, {"fills": [feed_message_json(m) for m in messages], "last_seq": last_seq})
 
     def get_bars(self, query: Mapping[str, list[str]], symbol: str) -> None:
         symbol = self._symbol(symbol)
@@ -701,6 +841,12 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
             # is talking to a restarted venue. Say so rather than stream heartbeats forever.
             self._send_json(409, {"error": "ahead_of_venue",
                                   "message": f"after_index {after_index} is past the latest bar {last_index}"})
+            return
+        # A stream has no single answer for a fault to replace: a reset comes after the first
+        # batch (the line drops mid-stream); the other faults strike before the stream starts.
+        fired, self._pending_fault = self._pending_fault, None
+        if fired is not None and fired.fault is not Fault.RESET_AFTER_ACCEPT:
+            self._strike(fired)
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
@@ -730,7 +876,11 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
                 else:
                     heartbeats += 1
                     self._write_chunk(_dumps({"heartbeat": heartbeats}) + b"\n")
-            self.wfile.write(b"0\r\n\r\n")
+                if fired is not None:
+                    self._strike(fired)  # the line drops mid-stream: no end-of-stream chunk
+                    break
+            if fired is None:
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             pass  # the client left: nothing to tell anyone
         app.log("stream_closed", symbol=symbol, last_index=sent)
@@ -744,8 +894,48 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
             venue = self.app.venue
             stats = {"submissions": dict(venue.submissions), "orders": venue.order_count, "fills": venue.fill_count,
                      "last_index": {s: b.last_index for s, b in self.app.books.items()},
-                     "accounts": sorted(venue.accounts)}
+                     "accounts": sorted(venue.accounts), "faults_hit": list(self.app.faults.hits),
+                     "fill_messages_pending": self.app.fill_feed.pending_count}
         self._send_json(200, stats)
+
+    def get_admin_orders(self, query: Mapping[str, list[str]]) -> None:
+        with self.app.lock:
+            orders = self.app.venue.all_orders()
+        self._send_json(200, {"orders": [order_json(o) for o in orders]})
+
+    def get_admin_fills(self, query: Mapping[str, list[str]]) -> None:
+        with self.app.lock:
+            fills = self.app.venue.all_fills()
+        self._send_json(200, {"fills": [fill_json(f) for f in fills]})
+
+    def get_admin_positions(self, query: Mapping[str, list[str]]) -> None:
+        with self.app.lock:
+            positions = self.app.venue.all_positions()
+        self._send_json(200, {"positions": [account_position_json(p) for p in positions]})
+
+    def get_faults(self, query: Mapping[str, list[str]]) -> None:
+        with self.app.lock:
+            plan = self.app.faults.to_json()
+        self._send_json(200, plan)
+
+    def post_faults(self, query: Mapping[str, list[str]]) -> None:
+        try:
+            plan = parse_fault_config(self._json_body(), default_seed=self.app.config.seed)
+        except FaultConfigError as exc:
+            raise BadRequest(str(exc)) from None
+        self._set_faults(plan)
+
+    def delete_faults(self, query: Mapping[str, list[str]]) -> None:
+        self._set_faults(FaultPlan((), self.app.faults.seed))
+
+    def _set_faults(self, plan: FaultPlan) -> None:
+        """Replace every rule (and the generator, and the hit counts). Fill messages already
+        delayed or repeated stay scheduled: those fills happened under the old rules."""
+        with self.app.lock:
+            self.app.faults = plan
+            answer = plan.to_json()
+        self.app.log("faults_set", rules=answer["rules"], seed=answer["seed"])
+        self._send_json(200, answer)
 
 
 # ---------------------------------------------------------------- process shell
@@ -781,6 +971,8 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
     parser.add_argument("--csv", action="append", default=[], metavar="SYMBOL=PATH")
     parser.add_argument("--accounts", default=DEFAULT_ACCOUNTS)
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, help="bars generated instantly at start")
+    parser.add_argument("--faults", type=Path, metavar="FILE",
+                        help='fault rules active from the start: JSON {"seed"?, "rules": [...]} as POST /v1/admin/faults')
     args = parser.parse_args(argv)
     try:
         interval_ns(args.interval)
@@ -801,11 +993,26 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
         accounts = tuple(a.strip() for a in args.accounts.split(",") if a.strip())
         if not accounts:
             raise ValueError("--accounts: at least one account")
-    except ValueError as exc:
+        faults = FaultPlan() if args.faults is None else _read_faults_file(args.faults, default_seed=args.seed)
+    except ValueError as exc:  # FaultConfigError is one
         parser.error(str(exc))
     return SimConfig(host=args.host, port=args.port, state_dir=args.state_dir, symbols=symbols,
                      interval=args.interval, pace_s=args.pace, seed=args.seed, csv=MappingProxyType(csv_files),
-                     accounts=accounts, history=args.history)
+                     accounts=accounts, history=args.history, faults=faults.rules,
+                     fault_seed=None if args.faults is None else faults.seed)
+
+
+def _read_faults_file(path: Path, *, default_seed: int) -> FaultPlan:
+    try:
+        body = json.loads(path.read_text(), parse_float=Decimal)
+    except OSError as exc:
+        raise ValueError(f"--faults: cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--faults {path}: not JSON ({exc})") from None
+    try:
+        return parse_fault_config(body, default_seed=default_seed)
+    except FaultConfigError as exc:
+        raise ValueError(f"--faults {path}: {exc}") from None
 
 
 def _write_ready_file(state_dir: Path, payload: Mapping[str, Any]) -> Path:
@@ -854,7 +1061,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     producer.start()
     ready = _write_ready_file(config.state_dir, {"url": url, "pid": os.getpid()})
     log("started", url=url, symbols=list(config.symbols), interval=config.interval, pace_s=config.pace_s,
-        seed=config.seed, accounts=list(config.accounts), history=config.history)
+        seed=config.seed, accounts=list(config.accounts), history=config.history,
+        faults=app.faults.to_json()["rules"])
     exit_code = 0
     try:
         while not stop.wait(MAIN_LOOP_POLL_S):

@@ -210,6 +210,18 @@ class Venue:
         self._check_account(account)
         return [p for (acct, _), p in sorted(self._positions.items()) if acct == account and p.quantity != 0]
 
+    def all_orders(self) -> list[VenueOrder]:
+        """Every order of every account, in the order they arrived (the operator's view)."""
+        return list(self._orders.values())
+
+    def all_fills(self) -> list[VenueFill]:
+        """Every fill of every account, once each, oldest first."""
+        return list(self._fills)
+
+    def all_positions(self) -> list[VenuePosition]:
+        """Every non-flat position of every account, by (account, symbol)."""
+        return [p for _, p in sorted(self._positions.items()) if p.quantity != 0]
+
     def fills_since(self, account: str, seq: int = 0, limit: int | None = None) -> list[VenueFill]:
         """Fills of ``account`` with a sequence number above ``seq``, oldest first."""
         self._check_account(account)

@@ -20,7 +20,7 @@ import zmq
 
 from bus import topics
 from bus.envelope import now_ns
-from bus.errors import RemoteError, RequestTimeout
+from bus.errors import BusError, UnknownService
 from bus.logs import log
 from schema import messages as m
 from schema.enums import SessionState
@@ -154,12 +154,12 @@ class StrategyService:
             try:
                 reply = self.rpc.call(self.account, _request(self.session.name, item), timeout_s=RPC_TIMEOUT_S,
                                       session=self.session.name)
-            except (RequestTimeout, RemoteError) as exc:
-                if isinstance(exc, RemoteError) and exc.code not in {"no_worker", "unknown_service", "deadline"}:
+            except BusError as exc:
+                if not _worth_retrying(exc):
                     # The account answered and refused: retrying cannot help. Log loudly, drop it;
                     # the order update (if any) adjusts the strategy's target.
                     log(self.log, "instruction_refused", level=logging.ERROR, instruction=item,
-                        code=exc.code, error=str(exc))
+                        code=getattr(exc, "code", type(exc).__name__), error=str(exc))
                     self.outbox.pop(0)
                     self._persist()
                     continue
@@ -188,7 +188,9 @@ class StrategyService:
             attempt += 1
             try:
                 return self.rpc.call(service, body, timeout_s=RPC_TIMEOUT_S, session=self.session.name)
-            except (RequestTimeout, RemoteError) as exc:
+            except BusError as exc:
+                if not _worth_retrying(exc):
+                    raise
                 delay = OUTBOX_RETRY.delay(attempt) or OUTBOX_RETRY.cap_s
                 log(self.log, "waiting_for", level=logging.INFO if attempt < 5 else logging.WARNING,
                     service=service, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3))
@@ -223,6 +225,12 @@ class StrategyService:
             if event is SessionEvent.START and state is SessionState.NEEDS_OPERATOR:
                 return state
             raise
+
+
+def _worth_retrying(exc: BusError) -> bool:
+    """Retry what the bus says is retryable, and an unknown service too: the account process may
+    be restarting, and busd forgets a service whose last worker went away."""
+    return exc.retryable or isinstance(exc, UnknownService)
 
 
 def _encode(instruction: Instruction) -> dict[str, Any]:

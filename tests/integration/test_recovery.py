@@ -69,8 +69,9 @@ class Parts:
         wait_until(lambda: (self.root / "state" / "venue-sim.json").exists(), timeout=20, what="venue-sim ready")
 
     def start_account(self, crash_at: str | None = None, log: str = "account") -> subprocess.Popen[bytes]:
+        seen = len(self.log(log))
         proc = self.spawn(log, "account", "--session", SESSION, crash_at=crash_at)
-        wait_until(lambda: '"action":"serving"' in self.log(log) or proc.poll() is not None, timeout=30,
+        wait_until(lambda: '"action":"serving"' in self.log(log)[seen:] or proc.poll() is not None, timeout=30,
                    what=f"{log} to serve")
         return proc
 
