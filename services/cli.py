@@ -462,5 +462,13 @@ def venue_sim(ctx: click.Context) -> None:
     sys.exit(server.main(list(ctx.args)))
 
 
+def _register_chaos() -> None:
+    from services.chaos import chaos
+
+    main.add_command(chaos)
+
+
+_register_chaos()
+
 if __name__ == "__main__":
     main()
