@@ -154,6 +154,9 @@ class DbTruth:
     positions: Sequence[PositionInDb]
     mismatches: Sequence[str]
     """``Store.verify_orders()``: each order whose row differs from the fold of its events."""
+    repairs: Sequence[str] = ()
+    """Positions the reconciler overwrote with the broker's number. Fills alone must explain every
+    position; a repair would hide a fill booked twice or lost, so none may have been needed."""
 
 
 # ---------------------------------------------------------------------------- the check (pure)
@@ -180,7 +183,13 @@ def check_invariants(venue: VenueTruth, db: DbTruth) -> list[Invariant]:
         _rows_equal_events(db),
         _filled_quantities_match(venue, db),
         _orders_resolved(db),
+        _no_repairs(db),
     ]
+
+
+def _no_repairs(db: DbTruth) -> Invariant:
+    return Invariant("positions the reconciler had to repair", 0, len(db.repairs), not db.repairs,
+                     _listing(db.repairs, len(db.repairs)))
 
 
 def _sent_at_most_once(venue: VenueTruth) -> Invariant:
@@ -432,6 +441,8 @@ def _venue_rows(tree: EngineTree, what: str, accounts: Sequence[str]) -> list[di
 
 
 def read_db_truth(store: Store) -> DbTruth:
+    from schema.store import position_aggregate
+
     accounts = {s.name: s.account for s in store.list_sessions()}
     orders = [OrderInDb(o.client_order_id, o.session, str(o.status), o.filled_quantity, o.broker_order_id)
               for o in store.orders()]
@@ -439,7 +450,10 @@ def read_db_truth(store: Store) -> DbTruth:
     positions = [PositionInDb(p.session, accounts.get(p.session, f"<no session {p.session}>"), p.symbol, p.quantity)
                  for p in store.positions()]
     mismatches = [f"{m.client_order_id}.{m.field}: row {m.row!r} ≠ fold {m.folded!r}" for m in store.verify_orders()]
-    return DbTruth(orders, fills, positions, mismatches)
+    repairs = [f"{p.session} {p.symbol}: {e.data.get('reason', 'set')}"
+               for p in store.positions()
+               for e in store.events(position_aggregate(p.session, p.symbol)) if e.kind == "set"]
+    return DbTruth(orders, fills, positions, mismatches, repairs)
 
 
 # ---------------------------------------------------------------------------- the run (imperative shell)

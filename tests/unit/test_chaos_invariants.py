@@ -61,7 +61,7 @@ def broken(invariants: list[Invariant]) -> dict[str, Invariant]:
 
 def test_a_clean_run_keeps_every_invariant() -> None:
     invariants = check_invariants(clean_venue(), clean_db())
-    assert len(invariants) == 9
+    assert len(invariants) == 10
     assert broken(invariants) == {}
     assert all(i.detail == "" for i in invariants)
 
@@ -193,3 +193,15 @@ def test_details_name_a_bounded_number_of_ids_but_count_them_all() -> None:
     inv = broken(check_invariants(venue, clean_db()))["max submissions per client order id"]
     assert inv.detail.startswith("40 ")
     assert inv.detail.endswith("… and 28 more")
+
+
+def test_a_position_the_reconciler_had_to_repair_is_reported() -> None:
+    # A repair would hide a fill booked twice or lost: the run must not have needed one.
+    from services.chaos import DbTruth, VenueTruth, check_invariants
+
+    clean = check_invariants(VenueTruth({}, [], [], {}), DbTruth([], [], [], []))
+    assert all(i.ok for i in clean)
+    repaired = check_invariants(VenueTruth({}, [], [], {}),
+                                DbTruth([], [], [], [], repairs=["es ESZ6: reconciled to broker"]))
+    broken = [i for i in repaired if not i.ok]
+    assert [i.name for i in broken] == ["positions the reconciler had to repair"]
