@@ -329,6 +329,39 @@ def sessions_add(root: str | None, name: str, strategy: str, symbol: str, params
         console.print(f"session {session.name} added ({session.contract}); it starts with `tradebus up`")
 
 
+def _session_event(root: str | None, name: str, event: str, reason: str) -> str:
+    from schema.errors import IllegalTransition, SessionNotFound
+    from schema.session_fsm import SessionEvent
+
+    config = _config(root)
+    store = _store(config)
+    try:
+        return str(store.transition_session(name, SessionEvent(event), reason=reason, now_ns=_now_ns()).state)
+    except SessionNotFound:
+        raise click.ClickException(f"no session named {name!r}") from None
+    except IllegalTransition as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+
+
+@sessions.command("halt")
+@root_option
+@click.argument("name")
+@click.option("--reason", default="halted by operator", show_default=True)
+def sessions_halt(root: str | None, name: str, reason: str) -> None:
+    """Stop adding risk: only cancels and risk-reducing orders go out until `resume`."""
+    console.print(f"session {name} is {_session_event(root, name, 'halt', reason)}")
+
+
+@sessions.command("resume")
+@root_option
+@click.argument("name")
+def sessions_resume(root: str | None, name: str) -> None:
+    """Leave a halt: the session trades again."""
+    console.print(f"session {name} is {_session_event(root, name, 'resume', 'resumed by operator')}")
+
+
 @sessions.command("ack")
 @root_option
 @click.argument("name")

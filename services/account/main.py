@@ -175,7 +175,7 @@ class AccountService:
             log(self.log, "order_written", client_order_id=order.client_order_id, signal=request.signal)
             self._publish_order(order)
             crash_point("account.after_write_ahead")
-            refusal = self._refusal(order)
+            refusal = self._refusal(order, new=True)
             if refusal is not None:
                 return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": refusal}))
             return self._send(order)
@@ -185,23 +185,33 @@ class AccountService:
             return self._settle(order)
         return order
 
-    def _refusal(self, order: OrderState) -> str | None:
-        """Why a freshly written order must not go to the broker, or None.
+    def _refusal(self, order: OrderState, *, new: bool) -> str | None:
+        """Why a written order must not go to the broker, or None.
+
+        ``new``: the order was just asked for. Those are sent only while the session trades (or,
+        halted, when they reduce risk). An order found written-but-never-sent at recovery was
+        decided while trading and is sent as the write-ahead promised, unless the rules below
+        forbid it.
 
         While any order of the session is ``unknown`` its whole quantity is open exposure, and the
         session may not add risk on that symbol until the broker has been asked and answered. A
         session waiting for an operator sends nothing at all.
         """
         session = self.store.get_session(self.session.name)
-        if SessionState(session.state) is SessionState.NEEDS_OPERATOR:
+        state = SessionState(session.state)
+        if state is SessionState.NEEDS_OPERATOR:
             return f"session needs an operator: {session.state_reason}"
         others = [o for o in self.store.open_orders(self.session.name)
                   if o.client_order_id != order.client_order_id and o.symbol == order.symbol]
-        unknown = [o.client_order_id for o in others if OrderStatus(o.status) is OrderStatus.UNKNOWN]
-        if not unknown:
-            return None
         position = self.store.get_position(self.session.name, order.symbol).quantity
-        if adds_risk(position, others, order):
+        if new and state is not SessionState.TRADING:
+            # Halted: cancels and risk-reducing orders only. Any other state: nothing new.
+            if state is not SessionState.HALTED:
+                return f"session is {state}, not trading"
+            if adds_risk(position, others, order):
+                return f"session is halted ({session.state_reason}): only risk-reducing orders"
+        unknown = [o.client_order_id for o in others if OrderStatus(o.status) is OrderStatus.UNKNOWN]
+        if unknown and adds_risk(position, others, order):
             return f"adds risk while {', '.join(unknown)} is unresolved"
         return None
 
@@ -255,7 +265,7 @@ class AccountService:
         if step.resolution is Resolution.ADOPT:
             return self._adopt(order, found)
         if step.resolution is Resolution.SEND:
-            refusal = self._refusal(order)
+            refusal = self._refusal(order, new=False)
             if refusal is not None:
                 return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": refusal}))
             return self._send(order)

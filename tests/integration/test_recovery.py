@@ -49,6 +49,9 @@ class Parts:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.store = Store.from_url(f"sqlite:///{root / 'state' / 'tradebus.db'}")
         self.session = self.store.get_session(SESSION)
+        # No strategy process here: put the session where its strategy would have, trading.
+        for event in ("start", "reconcile", "reconciled"):
+            self.store.transition_session(SESSION, event, reason="test", now_ns=1)
         self.bus = BusClient(Endpoints.for_state_dir(root / "state"), source="test")
         self.rpc = self.bus.rpc_client()
         self.venue = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/v1", timeout=5)
@@ -238,3 +241,20 @@ def test_a_second_copy_of_the_account_waits_and_is_fenced(parts: Parts) -> None:
                                  order_type="market", quantity=Decimal(1), limit_price=None, stop_price=None,
                                  time_in_force="day", epoch=epoch, now_ns=1)
     assert second.poll() is None
+
+
+def test_a_halted_session_sends_only_risk_reducing_orders(parts: Parts) -> None:
+    parts.start_account()
+    assert isinstance(parts.submit(1, qty="2"), m.OrderReply)
+    wait_status(parts, parts.cid(1), "filled")
+    result = subprocess.run([str(BIN / "tradebus"), "sessions", "halt", SESSION, "--reason", "test halt"],
+                            env=parts.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    adding = parts.submit(2, side="buy", qty="1")
+    assert adding.order.status == "rejected" and "halted" in (adding.order.reason or "")
+    assert parts.submissions(parts.cid(2)) == 0
+    reducing = parts.submit(3, side="sell", qty="1")
+    assert reducing.order.status in ("accepted", "filled")
+    subprocess.run([str(BIN / "tradebus"), "sessions", "resume", SESSION], env=parts.env, check=True,
+                   capture_output=True)
+    assert parts.submit(4, side="buy", qty="1").order.status in ("accepted", "filled")
