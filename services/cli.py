@@ -56,7 +56,24 @@ root_option = click.option("--root", envvar="TRADEBUS_ROOT", default=None,
                            help="Installation folder holding supervisord.conf (default: current folder).")
 
 
-@click.group()
+class _Commands(click.Group):
+    """Tool commands (benchmarks, chaos, journal) are imported only when asked for: every engine
+    process starts through this module, and should not pay for them."""
+
+    LAZY = {"bench": "services.bench", "chaos": "services.chaos", "journal": "services.journal_cli"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(self.LAZY[name]), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """tradebus: a live trading engine on a ZeroMQ bus, supervised by supervisord."""
 
@@ -435,7 +452,7 @@ def sessions_remove(root: str | None, name: str, force: bool) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("service", type=click.Choice(["busd", "venue-sim", "marketdata", "account", "strategy",
-                                              "reconciler", "sessionguard"]))
+                                              "reconciler", "jobs", "sessionguard"]))
 @click.option("--session", default=None)
 @click.option("--worker", default=0, type=int)
 def run(service: str, session: str | None, worker: int) -> None:
@@ -460,7 +477,8 @@ def run(service: str, session: str | None, worker: int) -> None:
         sys.exit(server.main(argv))
     if service in ("marketdata", "account", "strategy") and not session:
         raise click.UsageError(f"`tradebus run {service}` needs --session")
-    name = f"{session}-{service}" if session else (f"reconciler_{worker:02d}" if service == "reconciler" else service)
+    name = f"{session}-{service}" if session else (
+        f"{service}_{worker:02d}" if service in ("reconciler", "jobs") else service)
     body = _service_body(service, session, worker)
     if service == "sessionguard":
         # stdout is the event-listener protocol channel: logs go to stderr.
@@ -479,6 +497,10 @@ def _service_body(service: str, session: str | None, worker: int):
         from services.reconciler.main import run as reconcile
 
         return lambda shell: reconcile(shell, worker)
+    elif service == "jobs":
+        from services.jobs.main import run as work
+
+        return lambda shell: work(shell, worker)
     else:
         from services.sessionguard.main import run as guard
 
@@ -495,13 +517,61 @@ def venue_sim(ctx: click.Context) -> None:
     sys.exit(server.main(list(ctx.args)))
 
 
-def _register_chaos() -> None:
-    from services.chaos import chaos
+@main.group(invoke_without_command=True)
+@root_option
+@click.option("--status", type=click.Choice(["queued", "running", "done", "failed"]), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(ctx: click.Context, root: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """The durable job queue: heavy work kept out of trading loops (failed jobs keep their error)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = _config(root)
+    store = _store(config)
+    try:
+        rows = [{"id": j.id, "kind": j.kind, "status": str(j.status), "attempts": j.attempts,
+                 "payload": json.dumps(j.payload), "claimed_by": j.claimed_by, "error": j.error,
+                 "result": j.result} for j in store.jobs(status)][-limit:]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default, indent=2))
+    else:
+        console.print(_table("Jobs", rows, ["id", "kind", "status", "attempts", "payload", "error"]))
 
-    main.add_command(chaos)
+
+@jobs.command("report")
+@root_option
+@click.argument("session")
+@click.option("--day", default=None, help="UTC day YYYY-MM-DD (default: today).")
+@click.option("--fee-per-contract", default="0", show_default=True)
+def jobs_report(root: str | None, session: str, day: str | None, fee_per_contract: str) -> None:
+    """Queue an end-of-day report (trades, PnL, fees) for SESSION; a jobs worker writes it."""
+    from datetime import date as date_cls
+
+    from schema.errors import SessionNotFound
+    from services.jobs.core import EOD_REPORT
+    from services.sessions import today_utc as time_to_day
+
+    try:
+        when = date_cls.fromisoformat(day) if day else time_to_day(_now_ns())
+        Decimal(fee_per_contract)
+    except (ValueError, ArithmeticError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    config = _config(root)
+    store = _store(config)
+    try:
+        store.get_session(session)
+        job = store.enqueue_job(EOD_REPORT, {"session": session, "day": when.isoformat(),
+                                             "fee_per_contract": fee_per_contract}, now_ns=_now_ns())
+    except SessionNotFound:
+        raise click.ClickException(f"no session named {session!r}") from None
+    finally:
+        store.close()
+    console.print(f"queued job {job.id}: {EOD_REPORT} for {session} on {when.isoformat()}")
 
 
-_register_chaos()
 
 if __name__ == "__main__":
     main()

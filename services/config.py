@@ -27,6 +27,7 @@ DEFAULT_PACE_S = 1.0
 DEFAULT_SEED = 7
 DEFAULT_HISTORY_BARS = 60
 DEFAULT_RECONCILERS = 2
+DEFAULT_JOB_WORKERS = 2
 DEFAULT_RECONCILE_INTERVAL_S = 5.0
 DEFAULT_RESTARTS = 5
 DEFAULT_RESTART_WINDOW_S = 60.0
@@ -112,6 +113,7 @@ class Config:
     db_url: str
     venue_sim: VenueSimConfig
     reconcilers: int = DEFAULT_RECONCILERS
+    job_workers: int = DEFAULT_JOB_WORKERS
     reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
     restarts: int = DEFAULT_RESTARTS
     restart_window_s: float = DEFAULT_RESTART_WINDOW_S
@@ -138,7 +140,7 @@ def load_config(root: Path | None = None) -> Config:
             raw = tomllib.loads(paths.config_file.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{paths.config_file}: not valid TOML: {exc}") from exc
-    engine = _section(raw, "engine", {"db_url", "reconcilers", "reconcile_interval_s", "restarts",
+    engine = _section(raw, "engine", {"db_url", "reconcilers", "job_workers", "reconcile_interval_s", "restarts",
                                       "restart_window_s", "demo"}, paths)
     venue = _section(raw, "venue_sim", {"port", "pace_s", "seed", "history_bars", "interval", "csv"},
                      paths)
@@ -160,6 +162,7 @@ def load_config(root: Path | None = None) -> Config:
             db_url=db_url,
             venue_sim=venue_cfg,
             reconcilers=int(engine.get("reconcilers", DEFAULT_RECONCILERS)),
+            job_workers=int(engine.get("job_workers", DEFAULT_JOB_WORKERS)),
             reconcile_interval_s=float(engine.get("reconcile_interval_s", DEFAULT_RECONCILE_INTERVAL_S)),
             restarts=int(engine.get("restarts", DEFAULT_RESTARTS)),
             restart_window_s=float(engine.get("restart_window_s", DEFAULT_RESTART_WINDOW_S)),
@@ -169,6 +172,8 @@ def load_config(root: Path | None = None) -> Config:
         raise ConfigError(f"{paths.config_file}: bad value: {exc}") from exc
     if not 1 <= config.reconcilers <= 16:
         raise ConfigError(f"{paths.config_file}: engine.reconcilers must be 1..16, got {config.reconcilers}")
+    if not 1 <= config.job_workers <= 16:
+        raise ConfigError(f"{paths.config_file}: engine.job_workers must be 1..16, got {config.job_workers}")
     if config.venue_sim.pace_s <= 0:
         raise ConfigError(f"{paths.config_file}: venue_sim.pace_s must be > 0")
     return config

@@ -1,0 +1,677 @@
+"""Bus benchmarks: ``tradebus bench bus`` and ``tradebus bench rpc`` (also ``bench/bus.py``, ``bench/rpc.py``).
+
+Each command measures, in one run and on the same machine, three ways of moving comparable messages:
+
+* ``raw_bytes``   raw pyzmq, the same socket pattern, pre-encoded bytes (only an 16-byte
+                  ``seq, send time`` header is packed per message);
+* ``raw_msgpack`` the same, with ``msgpack.packb``/``unpackb`` of a dict comparable to the
+                  tradebus message (Decimals as strings);
+* ``tradebus``    the real thing: a ``python -m bus.busd`` subprocess (journal on) with
+                  ``BusClient`` endpoints on both sides.
+
+and prints one JSON document with messages/s, p50/p99/max latency in µs, the ratios and whether
+the targets were met. Nothing here changes busd or the client.
+
+Pub/sub: publisher and subscriber live in this process, one thread, with a flow-control window
+(at most ``window`` messages in flight), so nothing is dropped silently and the send time
+(``time.perf_counter_ns``, same process) can be compared with the receive time. The proxy
+(``zmq.proxy`` XSUB/XPUB, or busd) is another process. Latency is therefore latency *under load*
+(up to ``window`` messages queued ahead). Throughput is measured at the subscriber, first to last
+message. Lost messages are counted from sequence numbers (raw) or ``Subscriber.gaps`` plus
+messages that never arrived (tradebus).
+
+RPC: one call in flight; client in this process, the router (a trivial ROUTER that forwards
+DEALER client <-> DEALER worker, or busd) and the worker each in a process of their own.
+
+The helper processes are started as ``python -m services.bench <role> ...`` (not a click command:
+nothing for an operator). Each exits when its parent dies or on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+import msgpack
+import zmq
+
+DEFAULT_BUS_COUNT = 50_000
+DEFAULT_RPC_COUNT = 5_000
+DEFAULT_WINDOW = 1_000
+HWM = 100_000  # the same high-water marks busd and the client use for pub/sub
+READY_TIMEOUT_S = 15.0
+STALL_S = 3.0  # no message for this long while some are outstanding: the rest are lost
+RPC_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 5.0
+BAR_TOPIC = "md.BTCUSDT.bar.1m"
+RPC_SERVICE = "bench.account"
+PROBE_TOPIC = b"_bench_probe"
+HEADER = struct.Struct("<qq")  # seq, send perf_counter_ns (raw_bytes pub/sub only)
+
+# Targets from the issue.
+TARGET_PUBSUB_RATIO = 0.8  # tradebus msgs/s >= 0.8 x raw_msgpack msgs/s
+TARGET_RPC_P50_RATIO = 1.5  # tradebus p50 <= 1.5 x raw DEALER->ROUTER->DEALER (raw_bytes) p50
+TARGET_RPC_P99_US = 2_000.0
+
+
+# ============================================================================ shared helpers
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100), at least 1
+    return float(sorted_values[int(rank) - 1])
+
+
+def latency_stats_us(latencies_ns: list[int]) -> dict[str, float]:
+    values = sorted(latencies_ns)
+    if not values:
+        return {"p50_us": float("nan"), "p99_us": float("nan"), "max_us": float("nan"), "mean_us": float("nan")}
+    return {
+        "p50_us": round(percentile(values, 50) / 1000, 1),
+        "p99_us": round(percentile(values, 99) / 1000, 1),
+        "max_us": round(values[-1] / 1000, 1),
+        "mean_us": round(sum(values) / len(values) / 1000, 1),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model or platform.processor() or None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+    }
+    try:
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def _ratio(num: float, den: float) -> float | None:
+    if not den or num != num or den != den:  # zero or NaN
+        return None
+    return round(num / den, 3)
+
+
+def start_process(args: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "w") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate: Callable[[], object], what: str, proc: subprocess.Popen | None = None,
+             log_path: Path | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``predicate`` with a deadline; fail early (with the log) if ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            log = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def stop_process(proc: subprocess.Popen | None) -> int | None:
+    """SIGTERM the process we started (by its pid), wait, SIGKILL it if it does not go."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
+    return proc.returncode
+
+
+class Workspace:
+    """A short temp folder for ipc sockets and logs, and the processes started in it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tbb-"))
+        self.procs: list[subprocess.Popen] = []
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.dir / name}"
+
+    def spawn(self, name: str, args: list[str], ready_file: Path) -> subprocess.Popen:
+        log_path = self.dir / f"{name}.log"
+        proc = start_process(args, log_path)
+        self.procs.append(proc)
+        wait_for(ready_file.exists, f"{name} ready", proc, log_path)
+        return proc
+
+    def helper(self, role: str, *args: str) -> subprocess.Popen:
+        ready = self.dir / f"{role}.ready"
+        return self.spawn(role, [sys.executable, "-m", "services.bench", "--ready", str(ready),
+                                 "--parent", str(os.getpid()), role, *args], ready)
+
+    def busd(self) -> tuple[subprocess.Popen, Path]:
+        from bus.endpoints import Endpoints
+
+        state = self.dir / "state"
+        ready = Endpoints.for_state_dir(state).ready_file
+        assert ready is not None
+        proc = self.spawn("busd", [sys.executable, "-m", "bus.busd", "--state-dir", str(state),
+                                   "--log-level", "WARNING"], ready)
+        return proc, state
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            stop_process(proc)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def bar_dict(seq: int, t_ns: int) -> dict[str, Any]:
+    """A dict comparable to ``schema.messages.BarClosed`` (Decimals as strings)."""
+    return {"symbol": "BTCUSDT", "interval": "1m", "ts_ns": t_ns, "open": "64123.50", "high": "64210.00",
+            "low": "64001.25", "close": "64188.75", "volume": "123.456", "index": seq}
+
+
+def snapshot_request_dict() -> dict[str, Any]:
+    return {"session": "bench"}
+
+
+def snapshot_reply_dict() -> dict[str, Any]:
+    return {"session": "bench", "symbol": "BTCUSDT", "position": "1.5", "open_orders": []}
+
+
+# ============================================================================ pub/sub
+
+
+def _pubsub_result(n: int, received_seqs: set[int], first: int, last: int, latencies: list[int],
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    got = len(received_seqs)
+    elapsed_s = (last - first) / 1e9 if got > 1 else float("nan")
+    result = {
+        "sent": n,
+        "received": got,
+        "lost": n - got,
+        "elapsed_s": round(elapsed_s, 4),
+        "msgs_per_s": round((got - 1) / elapsed_s, 1) if got > 1 and elapsed_s > 0 else None,
+        **latency_stats_us(latencies),
+    }
+    if extra:
+        result.update(extra)
+    return result
+
+
+def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]:
+    pub_in, pub_out = ws.ipc(f"{mode}.in"), ws.ipc(f"{mode}.out")
+    ws.helper("proxy", pub_in, pub_out)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    sub = ctx.socket(zmq.SUB)
+    try:
+        pub.setsockopt(zmq.SNDHWM, HWM)
+        pub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, HWM)
+        sub.setsockopt(zmq.LINGER, 0)
+        pub.connect(pub_in)
+        sub.connect(pub_out)
+        topic = BAR_TOPIC.encode()
+        sub.subscribe(topic)
+        sub.subscribe(PROBE_TOPIC)
+        _raw_wait_connected(pub, sub)
+
+        payload = msgpack.packb(bar_dict(0, 0))  # the pre-encoded body for raw_bytes
+        pack_header, unpack_header = HEADER.pack, HEADER.unpack_from
+        packb, unpackb = msgpack.packb, msgpack.unpackb
+        clock = time.perf_counter_ns
+        send, recv, NOBLOCK = pub.send_multipart, sub.recv_multipart, zmq.NOBLOCK
+        seen: set[int] = set()
+        latencies: list[int] = []
+        first = last = 0
+        sent = 0
+        while len(seen) < n:
+            while sent < n and sent - len(seen) < window:
+                if mode == "bytes":
+                    send([topic, pack_header(sent, clock()) + payload])
+                else:
+                    send([topic, packb(bar_dict(sent, clock()))])
+                sent += 1
+            if not sub.poll(int(STALL_S * 1000)):
+                break  # the rest are lost
+            while True:
+                try:
+                    frames = recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                now = clock()
+                if frames[0] != topic:
+                    continue  # a late probe
+                if mode == "bytes":
+                    seq, t_sent = unpack_header(frames[1])
+                else:
+                    body = unpackb(frames[1])
+                    seq, t_sent = body["index"], body["ts_ns"]
+                if not seen:
+                    first = now
+                last = now
+                seen.add(seq)
+                latencies.append(now - t_sent)
+        return _pubsub_result(n, seen, first, last, latencies)
+    finally:
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
+
+
+def _raw_wait_connected(pub: zmq.Socket, sub: zmq.Socket, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Send probes until one comes back (the slow-joiner problem), then drain the extra ones."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pub.send_multipart([PROBE_TOPIC, b""])
+        if sub.poll(50):
+            while sub.poll(20):
+                sub.recv_multipart()
+            return
+    raise RuntimeError("no probe came back through the proxy")
+
+
+def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
+    from bus.client import BusClient
+    from bus.endpoints import Endpoints
+    from schema.messages import BarClosed
+
+    busd, state = ws.busd()
+    bus = BusClient(Endpoints.for_state_dir(state), "bench")
+    try:
+        pub = bus.publisher()
+        sub = bus.subscriber([BAR_TOPIC])
+        sub.wait_connected(pub, timeout_s=READY_TIMEOUT_S)
+        price = {"open": Decimal("64123.50"), "high": Decimal("64210.00"), "low": Decimal("64001.25"),
+                 "close": Decimal("64188.75"), "volume": Decimal("123.456")}
+        clock = time.perf_counter_ns
+        publish, recv = pub.publish, sub.recv
+        seen: set[int] = set()
+        latencies: list[int] = []
+        first = last = 0
+        sent = 0
+        while len(seen) < n:
+            while sent < n and sent - len(seen) < window:
+                publish(BAR_TOPIC, BarClosed(symbol="BTCUSDT", interval="1m", ts_ns=clock(), index=sent, **price))
+                sent += 1
+            envelope = recv(int(STALL_S * 1000))
+            if envelope is None:
+                break  # the rest are lost
+            while envelope is not None:
+                now = clock()
+                if not seen:
+                    first = now
+                last = now
+                seen.add(envelope.body.index)
+                latencies.append(now - envelope.body.ts_ns)
+                envelope = recv(0)
+        extra = {"gaps": sub.gaps, "out_of_order": sub.out_of_order, "malformed": sub.malformed,
+                 "journal": True}
+    finally:
+        bus.close()
+        stop_process(busd)
+    journal = state / "journal"
+    extra["journal_bytes"] = sum(p.stat().st_size for p in journal.rglob("*") if p.is_file()) if journal.exists() else 0
+    extra["busd_exit"] = busd.returncode
+    return _pubsub_result(n, seen, first, last, latencies, extra)
+
+
+def run_bus(count: int = DEFAULT_BUS_COUNT, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
+    machine = machine_info()
+    results: dict[str, Any] = {}
+    with Workspace() as ws:
+        results["raw_bytes"] = _raw_pubsub(ws, count, window, "bytes")
+    with Workspace() as ws:
+        results["raw_msgpack"] = _raw_pubsub(ws, count, window, "msgpack")
+    with Workspace() as ws:
+        results["tradebus"] = _tradebus_pubsub(ws, count, window)
+    tb, mp, rb = results["tradebus"], results["raw_msgpack"], results["raw_bytes"]
+    ratios = {
+        "tradebus_vs_raw_msgpack_msgs_per_s": _ratio(tb["msgs_per_s"] or 0, mp["msgs_per_s"] or 0),
+        "tradebus_vs_raw_bytes_msgs_per_s": _ratio(tb["msgs_per_s"] or 0, rb["msgs_per_s"] or 0),
+        "tradebus_vs_raw_msgpack_p50": _ratio(tb["p50_us"], mp["p50_us"]),
+        "tradebus_vs_raw_msgpack_p99": _ratio(tb["p99_us"], mp["p99_us"]),
+    }
+    missed = tb["lost"] + tb["gaps"]
+    r = ratios["tradebus_vs_raw_msgpack_msgs_per_s"]
+    targets = {
+        "pubsub_throughput_vs_raw_msgpack": {"target": f">= {TARGET_PUBSUB_RATIO}", "measured": r,
+                                             "met": r is not None and r >= TARGET_PUBSUB_RATIO},
+        "pubsub_zero_gaps": {"target": 0, "measured": missed, "met": missed == 0},
+    }
+    return {"bench": "bus", "machine": machine, "count": count, "window": window,
+            "method": "publisher and subscriber in one process/thread, at most `window` in flight; "
+                      "proxy (zmq.proxy) or busd (journal on) in its own process; latency = receive "
+                      "minus send perf_counter_ns, under load",
+            "results": results, "ratios": ratios, "targets": targets}
+
+
+# ============================================================================ rpc
+
+
+def _rpc_result(latencies: list[int], elapsed_ns: int, errors: int = 0) -> dict[str, Any]:
+    n = len(latencies)
+    return {"calls": n, "errors": errors, "elapsed_s": round(elapsed_ns / 1e9, 4),
+            "calls_per_s": round(n / (elapsed_ns / 1e9), 1) if elapsed_ns > 0 and n else None,
+            **latency_stats_us(latencies)}
+
+
+def _warmup_count(n: int) -> int:
+    return min(200, max(10, n // 20))
+
+
+def _raw_rpc(ws: Workspace, n: int, mode: str) -> dict[str, Any]:
+    endpoint = ws.ipc(f"rpc.{mode}")
+    ws.helper("router", endpoint)
+    ws.helper("raw-worker", endpoint, mode)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        request = msgpack.packb(snapshot_request_dict())
+        packb, unpackb = msgpack.packb, msgpack.unpackb
+        clock = time.perf_counter_ns
+        timeout_ms = int(RPC_TIMEOUT_S * 1000)
+
+        def call() -> None:
+            if mode == "bytes":
+                sock.send(request)
+            else:
+                sock.send(packb(snapshot_request_dict()))
+            if not sock.poll(timeout_ms):
+                raise RuntimeError("raw rpc: no reply within the timeout")
+            reply = sock.recv()
+            if mode != "bytes":
+                unpackb(reply)
+
+        # The router answers b"" until the worker has registered: wait for a real reply.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            sock.send(request)
+            if sock.poll(timeout_ms) and sock.recv():
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("raw rpc: the worker never answered")
+            time.sleep(0.01)
+        for _ in range(_warmup_count(n)):
+            call()
+        latencies: list[int] = []
+        start = clock()
+        for _ in range(n):
+            t0 = clock()
+            call()
+            latencies.append(clock() - t0)
+        return _rpc_result(latencies, clock() - start)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _tradebus_rpc(ws: Workspace, n: int) -> dict[str, Any]:
+    from bus.client import BusClient
+    from bus.endpoints import Endpoints
+    from bus.errors import NoWorker, UnknownService
+    from schema.messages import AccountSnapshot, AccountSnapshotRequest
+
+    busd, state = ws.busd()
+    ws.helper("tb-worker", str(state))
+    bus = BusClient(Endpoints.for_state_dir(state), "bench-client")
+    try:
+        client = bus.rpc_client()
+        body = AccountSnapshotRequest(session="bench")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:  # until the worker has registered with busd
+            try:
+                client.call(RPC_SERVICE, body, timeout_s=RPC_TIMEOUT_S)
+                break
+            except (NoWorker, UnknownService):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        call = client.call
+        for _ in range(_warmup_count(n)):
+            call(RPC_SERVICE, body, timeout_s=RPC_TIMEOUT_S)
+        clock = time.perf_counter_ns
+        latencies: list[int] = []
+        start = clock()
+        for _ in range(n):
+            t0 = clock()
+            reply = call(RPC_SERVICE, AccountSnapshotRequest(session="bench"), timeout_s=RPC_TIMEOUT_S)
+            latencies.append(clock() - t0)
+        assert isinstance(reply, AccountSnapshot), reply
+        result = _rpc_result(latencies, clock() - start)
+        result.update({"journal": True, "stale": client.stale, "malformed": client.malformed})
+    finally:
+        bus.close()
+        stop_process(busd)
+    result["busd_exit"] = busd.returncode
+    return result
+
+
+def run_rpc(count: int = DEFAULT_RPC_COUNT) -> dict[str, Any]:
+    machine = machine_info()
+    results: dict[str, Any] = {}
+    with Workspace() as ws:
+        results["raw_bytes"] = _raw_rpc(ws, count, "bytes")
+    with Workspace() as ws:
+        results["raw_msgpack"] = _raw_rpc(ws, count, "msgpack")
+    with Workspace() as ws:
+        results["tradebus"] = _tradebus_rpc(ws, count)
+    tb, mp, rb = results["tradebus"], results["raw_msgpack"], results["raw_bytes"]
+    ratios = {
+        "tradebus_vs_raw_msgpack_p50": _ratio(tb["p50_us"], mp["p50_us"]),
+        "tradebus_vs_raw_bytes_p50": _ratio(tb["p50_us"], rb["p50_us"]),
+        "tradebus_vs_raw_msgpack_p99": _ratio(tb["p99_us"], mp["p99_us"]),
+        "tradebus_vs_raw_msgpack_calls_per_s": _ratio(tb["calls_per_s"] or 0, mp["calls_per_s"] or 0),
+    }
+    r = ratios["tradebus_vs_raw_bytes_p50"]
+    targets = {
+        "rpc_p50_vs_raw_dealer_router_dealer": {"target": f"<= {TARGET_RPC_P50_RATIO}", "measured": r,
+                                                "met": r is not None and r <= TARGET_RPC_P50_RATIO},
+        "rpc_p99_us": {"target": f"< {TARGET_RPC_P99_US:g}", "measured": tb["p99_us"],
+                       "met": tb["p99_us"] < TARGET_RPC_P99_US},
+    }
+    return {"bench": "rpc", "machine": machine, "count": count,
+            "method": "one call in flight; client in this process, router (trivial ROUTER or busd with "
+                      "journal on) and worker each in their own process; round trip perf_counter_ns",
+            "results": results, "ratios": ratios, "targets": targets}
+
+
+# ============================================================================ helper processes
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """Set ``stop`` when the parent goes away (so a killed bench leaves nothing behind)."""
+    def watch() -> None:
+        while not stop.is_set():
+            if os.getppid() != parent:
+                stop.set()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _mark_ready(path: str) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(path)
+
+
+def _role_proxy(args: argparse.Namespace, stop: threading.Event) -> None:
+    ctx = zmq.Context()
+    xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    xsub.setsockopt(zmq.RCVHWM, HWM)
+    xpub.setsockopt(zmq.SNDHWM, HWM)
+    xsub.bind(args.endpoints[0])
+    xpub.bind(args.endpoints[1])
+    threading.Thread(target=zmq.proxy, args=(xsub, xpub), daemon=True).start()
+    _mark_ready(args.ready)
+    stop.wait()
+    os._exit(0)  # zmq.proxy never returns; the sockets die with the process
+
+
+def _role_router(args: argparse.Namespace, stop: threading.Event) -> None:
+    """A trivial ROUTER: a DEALER that says b"READY" is the worker; [route, data] from it goes to
+    client ``route``; anything else is a request, forwarded as [route, data]."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(args.endpoints[0])
+    _mark_ready(args.ready)
+    worker: bytes | None = None
+    recv, send, NOBLOCK = router.recv_multipart, router.send_multipart, zmq.NOBLOCK
+    while not stop.is_set():
+        if not router.poll(100):
+            continue
+        while True:
+            try:
+                frames = recv(NOBLOCK)
+            except zmq.Again:
+                break
+            ident = frames[0]
+            if frames[1] == b"READY":
+                worker = ident
+            elif ident == worker:
+                send(frames[1:])
+            elif worker is None:
+                send([ident, b""])  # not ready yet: an empty reply, the client retries
+            else:
+                send([worker, ident, frames[1]])
+
+
+def _role_raw_worker(args: argparse.Namespace, stop: threading.Event) -> None:
+    mode = args.endpoints[1]
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.endpoints[0])
+    sock.send(b"READY")
+    _mark_ready(args.ready)
+    reply = msgpack.packb(snapshot_reply_dict())
+    packb, unpackb = msgpack.packb, msgpack.unpackb
+    recv, send, NOBLOCK = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
+    while not stop.is_set():
+        if not sock.poll(100):
+            continue
+        while True:
+            try:
+                route, data = recv(NOBLOCK)
+            except zmq.Again:
+                break
+            if mode == "bytes":
+                send([route, reply])
+            else:
+                unpackb(data)
+                send([route, packb(snapshot_reply_dict())])
+
+
+def _role_tb_worker(args: argparse.Namespace, stop: threading.Event) -> None:
+    from bus.client import BusClient
+    from bus.endpoints import Endpoints
+    from schema.messages import AccountSnapshot
+
+    with BusClient(Endpoints.for_state_dir(args.endpoints[0]), "bench-worker") as bus:
+        worker = bus.rpc_worker(RPC_SERVICE)
+        _mark_ready(args.ready)
+        position = Decimal("1.5")
+        while not stop.is_set():
+            request = worker.recv(100)
+            if request is not None:
+                worker.reply(request, AccountSnapshot(session=request.body.session, symbol="BTCUSDT",
+                                                      position=position, open_orders=[]))
+
+
+ROLES = {"proxy": _role_proxy, "router": _role_router, "raw-worker": _role_raw_worker,
+         "tb-worker": _role_tb_worker}
+
+
+def _helper_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.bench")
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("endpoints", nargs="*")
+    parser.add_argument("--ready", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _watch_parent(args.parent, stop)
+    ROLES[args.role](args, stop)
+    return 0
+
+
+# ============================================================================ the commands
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+@click.group()
+def bench() -> None:
+    """Bus benchmarks: tradebus against raw pyzmq, JSON on stdout."""
+
+
+@bench.command("bus")
+@click.option("--count", type=click.IntRange(min=2), default=DEFAULT_BUS_COUNT, show_default=True,
+              help="Messages per variant.")
+@click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW, show_default=True,
+              help="At most this many messages in flight (sent, not yet received).")
+def bench_bus(count: int, window: int) -> None:
+    """Pub/sub: raw PUB->XSUB/XPUB->SUB (bytes, msgpack) vs publisher->busd (journal on)->subscriber."""
+    try:
+        _emit(run_bus(count, window))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@bench.command("rpc")
+@click.option("--count", type=click.IntRange(min=1), default=DEFAULT_RPC_COUNT, show_default=True,
+              help="Calls per variant.")
+def bench_rpc(count: int) -> None:
+    """Request/reply: raw DEALER->ROUTER->DEALER (bytes, msgpack) vs RpcClient->busd (journal on)->RpcWorker."""
+    try:
+        _emit(run_rpc(count))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(_helper_main(sys.argv[1:]))
