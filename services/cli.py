@@ -183,6 +183,14 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     return table
 
 
+def _emit(rows: list[dict[str, Any]], as_json: bool, title: str, columns: list[str]) -> None:
+    """Rows as one JSON document, or as a table of the given columns."""
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default, indent=2))
+    else:
+        console.print(_table(title, rows, columns))
+
+
 @main.command()
 @root_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
@@ -236,11 +244,8 @@ def orders(ctx: click.Context, root: str | None, session: str | None, limit: int
         rows = [_order_row(o) for o in store.orders(session, limit=limit)]
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, default=_json_default, indent=2))
-    else:
-        console.print(_table("Orders", rows, ["client_order_id", "session", "symbol", "side", "type", "quantity",
-                                              "filled", "avg_price", "status", "reason"]))
+    _emit(rows, as_json, "Orders", ["client_order_id", "session", "symbol", "side", "type", "quantity",
+                                              "filled", "avg_price", "status", "reason"])
 
 
 @orders.command("verify")
@@ -280,10 +285,7 @@ def positions(root: str | None, as_json: bool) -> None:
         rows = [_position_row(p) for p in store.positions()]
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, default=_json_default, indent=2))
-    else:
-        console.print(_table("Positions", rows, ["session", "symbol", "quantity", "avg_price"]))
+    _emit(rows, as_json, "Positions", ["session", "symbol", "quantity", "avg_price"])
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -306,10 +308,7 @@ def sessions_list(root: str | None, as_json: bool) -> None:
                 for s in store.list_sessions()]
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, default=_json_default, indent=2))
-    else:
-        console.print(_table("Sessions", rows, ["name", "state", "strategy", "params", "contract", "account"]))
+    _emit(rows, as_json, "Sessions", ["name", "state", "strategy", "params", "contract", "account"])
 
 
 @sessions.command("add")
@@ -535,10 +534,7 @@ def jobs(ctx: click.Context, root: str | None, status: str | None, limit: int, a
                  "result": j.result} for j in store.jobs(status)][-limit:]
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, default=_json_default, indent=2))
-    else:
-        console.print(_table("Jobs", rows, ["id", "kind", "status", "attempts", "payload", "error"]))
+    _emit(rows, as_json, "Jobs", ["id", "kind", "status", "attempts", "payload", "error"])
 
 
 @jobs.command("report")
