@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from typing import TextIO, TypeVar
@@ -27,7 +26,8 @@ T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FATAL = 1
-EXIT_CONFIG = 78  # EX_CONFIG: supervisord shows it; sessionguard treats it like any failure
+EXIT_CONFIG = 78
+CONNECT_BACKOFF = Backoff()  # EX_CONFIG: supervisord shows it; sessionguard treats it like any failure
 
 
 class Stopping(Exception):
@@ -82,7 +82,7 @@ class ProcessShell:
 
         return self.until_connected("database", lambda: _checked_store(Store, self.config.db_url))
 
-    def until_connected(self, what: str, connect: Callable[[], T], backoff: Backoff = Backoff()) -> T:
+    def until_connected(self, what: str, connect: Callable[[], T], backoff: Backoff = CONNECT_BACKOFF) -> T:
         """Call ``connect`` until it succeeds, logging ``connecting`` with capped backoff."""
         attempt = 0
         while True:
@@ -147,8 +147,3 @@ def run_process(name: str, body: Callable[[ProcessShell], None], *, log_stream: 
         return EXIT_FATAL
     log(logger, "stopped")
     return EXIT_OK
-
-
-def exit_with(code: int) -> None:
-    sys.stdout.flush()
-    sys.exit(code)

@@ -79,23 +79,29 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interva
                     + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+def prepare_root(root: Path, toml: str) -> dict[str, str]:
+    """Make ``root`` an installation (the repository's supervisord.conf and the given
+    tradebus.toml) and return the environment its processes and CLI calls run with."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "supervisord.conf", root / "supervisord.conf")
+    (root / "tradebus.toml").write_text(toml)
+    env = {**os.environ, "TRADEBUS_ROOT": str(root), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("TRADEBUS_DB_URL", None)  # the toml (or the SQLite default) decides
+    return env
+
+
 class EngineTree:
     def __init__(self, root: Path, *, pace: float = 0.1, reconcilers: int = 2, restarts: int = 5,
                  restart_window_s: float = 60.0, reconcile_interval_s: float = 1.0,
                  db_url: str | None = None, venue_seed: int | None = None) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "supervisord.conf", self.root / "supervisord.conf")
         self.venue_port = free_port()
         self._db_url = db_url
-        (self.root / "tradebus.toml").write_text(DEFAULT_TOML.format(
+        self.env = prepare_root(self.root, DEFAULT_TOML.format(
             reconcilers=reconcilers, reconcile_interval_s=float(reconcile_interval_s), restarts=restarts,
             restart_window_s=float(restart_window_s), port=self.venue_port, pace=pace,
             db_line=f'db_url = "{db_url}"' if db_url else "",
             seed_line="" if venue_seed is None else f"seed = {int(venue_seed)}"))
-        self.env = {**os.environ, "TRADEBUS_ROOT": str(self.root),
-                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        self.env.pop("TRADEBUS_DB_URL", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
 

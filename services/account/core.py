@@ -20,9 +20,6 @@ NOT_YET_ACKED = frozenset({OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED, Or
 WORKING = frozenset(
     {OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE}
 )
-BROKER_LIVE = frozenset({OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED,
-                         OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE, OrderStatus.SUBMITTED})
-
 
 def adoption_events(order: OrderState, broker_status: OrderStatus, *, broker_order_id: str | None,
                     reason: str | None, ts_ns: int) -> list[OrderEvent]:

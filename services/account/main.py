@@ -56,6 +56,7 @@ class AccountService:
         self.session = self.store.get_session(session_name)
         self.broker = build_facade(account_config(self.store, self.session.account))
         self.epoch = 0
+        self.fill_cursor: str | None = None
         self.publisher: Publisher | None = None
         self.worker: RpcWorker | None = None
 
@@ -63,6 +64,8 @@ class AccountService:
 
     def run(self) -> None:
         self.epoch = self._acquire_lease()
+        # Read only now: a copy that waited for the lease must not start from an old watermark.
+        self.fill_cursor = self.store.get_session(self.session.name).fill_cursor
         bus = self.shell.bus()
         self.publisher = bus.publisher()
         self.worker = bus.rpc_worker(topics.account_service(self.session.name))
@@ -328,9 +331,10 @@ class AccountService:
             self._settle(order)
 
     def poll_fills(self) -> None:
-        session = self.store.get_session(self.session.name)
+        # The account is the only writer of its session's watermark: kept in memory after start,
+        # so the 5-per-second poll costs no database read.
         try:
-            fills, cursor = self.broker.fills_since(session.fill_cursor)
+            fills, cursor = self.broker.fills_since(self.fill_cursor)
         except BrokerError as exc:
             log(self.log, "fills_poll_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             return
@@ -367,8 +371,9 @@ class AccountService:
                 average_price=result.position.average_price, reason=f"fill {fill.broker_fill_id}"))
         if booked:
             crash_point("account.before_fill_cursor")
-        if cursor != session.fill_cursor and cursor is not None:
+        if cursor != self.fill_cursor and cursor is not None:
             self.store.set_fill_cursor(self.session.name, cursor)
+            self.fill_cursor = cursor
 
     # ------------------------------------------------------------------ publishing
 

@@ -3,10 +3,9 @@ worker died is taken over when its claim expires."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
+import time
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,25 +16,22 @@ from engine_tree import wait_until
 from schema.errors import FencedOut
 from schema.store import Store
 from services.jobs.core import EOD_REPORT
+from services.tree import prepare_root
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 WORKERS = 3
 JOBS = 30
 
 
 def test_three_workers_run_each_job_once_and_take_over_a_dead_workers_job(tmp_path: Path) -> None:
-    shutil.copy(REPO / "supervisord.conf", tmp_path / "supervisord.conf")
-    (tmp_path / "tradebus.toml").write_text(f"[engine]\njob_workers = {WORKERS}\n")
-    env = {**os.environ, "TRADEBUS_ROOT": str(tmp_path)}
-    env.pop("TRADEBUS_DB_URL", None)
+    env = prepare_root(tmp_path, f"[engine]\njob_workers = {WORKERS}\n")
     subprocess.run([str(BIN / "tradebus"), "init"], env=env, check=True, capture_output=True)
     store = Store.from_url(f"sqlite:///{tmp_path / 'state' / 'tradebus.db'}")
     # Given a job claimed by a worker that then died (its claim runs out in half a second)
     orphan = store.enqueue_job(EOD_REPORT, {"session": "es-sma", "day": "2026-01-01"}, now_ns=0)
-    claimed = store.claim_job("dead-worker", claim_ns=500_000_000, now_ns=__import__("time").time_ns())
+    claimed = store.claim_job("dead-worker", claim_ns=500_000_000, now_ns=time.time_ns())
     assert claimed is not None and claimed.id == orphan.id
     # ... and many more jobs, including one that can never succeed
     ids = [store.enqueue_job(EOD_REPORT, {"session": "es-sma", "day": f"2026-03-{d:02d}"}, now_ns=0).id

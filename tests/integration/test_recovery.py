@@ -6,8 +6,6 @@ in a root of its own, and talks to the account over the bus as the strategy woul
 """
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from engine_tree import free_port, wait_until
+
+from services.tree import prepare_root
 
 from bus.client import BusClient
 from bus.endpoints import Endpoints
@@ -30,7 +30,6 @@ from services.testhooks import CRASH_ENV, CRASH_EXIT_CODE
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 SESSION = "es-sma"
 
 
@@ -39,12 +38,9 @@ class Parts:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        shutil.copy(REPO / "supervisord.conf", root / "supervisord.conf")
         self.port = free_port()
-        (root / "tradebus.toml").write_text(f"[venue_sim]\nport = {self.port}\npace_s = 0.1\nhistory_bars = 20\n")
-        self.env = {**os.environ, "TRADEBUS_ROOT": str(root)}
+        self.env = prepare_root(root, f"[venue_sim]\nport = {self.port}\npace_s = 0.1\nhistory_bars = 20\n")
         self.env.pop(CRASH_ENV, None)
-        self.env.pop("TRADEBUS_DB_URL", None)
         subprocess.run([str(BIN / "tradebus"), "init"], env=self.env, check=True, capture_output=True)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.store = Store.from_url(f"sqlite:///{root / 'state' / 'tradebus.db'}")
