@@ -91,6 +91,7 @@ class RollPhase(StrEnum):
     OPEN_NEW = "open_new"
     SWITCH_DATA = "switch_data"
     DONE = "done"
+    ABORTED = "aborted"  # an operator stopped a roll mid-way (``sessions ack --abort-roll``)
 
 
 class JobStatus(StrEnum):

@@ -142,6 +142,10 @@ class RollInfo:
     def is_done(self) -> bool:
         return self.phase is RollPhase.DONE
 
+    @property
+    def is_finished(self) -> bool:
+        return self.phase in (RollPhase.DONE, RollPhase.ABORTED)
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

@@ -280,16 +280,15 @@ class Store:
         def attempt() -> SessionInfo:
             with self._tx() as s:
                 row = _session_row(s, name)
-                before = SessionState(row.state)
-                after = session_fsm.transition(before, happened, name)
-                row.state = after.value
-                row.state_reason = reason
-                row.updated_ns = now_ns
-                s.flush()
-                self._append(
-                    s, session_aggregate(name), happened.value,
-                    {"from": before.value, "to": after.value, "reason": reason}, now_ns,
-                )
+                event, why = happened, reason
+                roll = _active_roll_row(s, name) if happened is SessionEvent.START else None
+                if roll is not None and SessionState(row.state) is not SessionState.STARTING:
+                    # A restart that finds a roll mid-way must not guess which legs are done. (From
+                    # ``starting`` it is the start that follows an operator's ``ack --resume-roll``.)
+                    event = SessionEvent.ESCALATE
+                    why = (f"restart found roll {roll.id} ({roll.from_contract} -> {roll.to_contract}) at phase "
+                           f"{roll.phase}: ack with --resume-roll or --abort-roll")
+                self._transition(s, row, event, why, now_ns)
                 return _session_info(row)
 
         return self._retrying(f"transition_session {name}", attempt)
@@ -784,20 +783,24 @@ class Store:
 
     # ================================================================================ rolls
 
-    def start_roll(self, session: str, *, from_contract: str, to_contract: str, now_ns: int) -> RollInfo:
-        """Record that a contract roll began (its first phase). One unfinished roll per session."""
+    def start_roll(self, session: str, *, from_contract: str, to_contract: str, reason: str, now_ns: int) -> RollInfo:
+        """Begin a contract roll: the session goes ``trading → rolling`` (event ``roll_started``) and
+        the roll row is written at its first phase, in one transaction — a crash can never leave a
+        roll without its session state or the other way round. One unfinished roll per session."""
 
         def attempt() -> RollInfo:
             with self._tx() as s:
                 session_row = _session_row(s, session)
                 if _active_roll_row(s, session) is not None:
                     raise IllegalTransition(session_row.roll_state, "start_roll", session)
+                if session_row.contract != from_contract:
+                    raise IllegalTransition(session_row.contract, f"roll from {from_contract}", session)
                 first = ROLL_PHASE_ORDER[0]
                 roll = RollRow(session=session, from_contract=from_contract, to_contract=to_contract,
                                phase=first.value, started_ns=now_ns, updated_ns=now_ns)
                 s.add(roll)
+                self._transition(s, session_row, SessionEvent.ROLL_STARTED, reason, now_ns)
                 session_row.roll_state = first.value
-                session_row.updated_ns = now_ns
                 s.flush()
                 self._append(s, session_aggregate(session), "roll",
                              {"roll": roll.id, "from": from_contract, "to": to_contract, "phase": first.value},
@@ -805,6 +808,49 @@ class Store:
                 return _roll(roll)
 
         return self._retrying(f"start_roll {session}", attempt)
+
+    def resume_roll(self, session: str, *, now_ns: int) -> RollInfo:
+        """Take up the session's unfinished roll after an operator chose ``--resume-roll``: the
+        session goes ``trading → rolling`` again; the roll continues from its committed phase."""
+
+        def attempt() -> RollInfo:
+            with self._tx() as s:
+                session_row = _session_row(s, session)
+                roll = _active_roll_row(s, session)
+                if roll is None:
+                    raise IllegalTransition(session_row.roll_state, "resume_roll (no roll in progress)", session)
+                self._transition(s, session_row, SessionEvent.ROLL_STARTED,
+                                 f"resuming roll {roll.id} at phase {roll.phase}", now_ns)
+                return _roll(roll)
+
+        return self._retrying(f"resume_roll {session}", attempt)
+
+    def abort_roll(self, session: str, *, reason: str, now_ns: int) -> RollInfo:
+        """An operator's decision to stop the session's unfinished roll where it is. Refused once
+        the roll has begun opening the new contract: from then on a position may exist there, and
+        only finishing the roll (``--resume-roll``) leaves the session consistent."""
+
+        def attempt() -> RollInfo:
+            with self._tx() as s:
+                session_row = _session_row(s, session)
+                roll = _active_roll_row(s, session)
+                if roll is None:
+                    raise IllegalTransition(session_row.roll_state, "abort_roll (no roll in progress)", session)
+                phase = RollPhase(roll.phase)
+                if ROLL_PHASE_ORDER.index(phase) >= ROLL_PHASE_ORDER.index(RollPhase.OPEN_NEW):
+                    raise IllegalTransition(phase, "abort_roll (orders on the new contract may exist: resume it)",
+                                            session)
+                roll.phase = RollPhase.ABORTED.value
+                roll.updated_ns = now_ns
+                session_row.roll_state = RollPhase.NONE.value
+                session_row.updated_ns = now_ns
+                s.flush()
+                self._append(s, session_aggregate(session), "roll",
+                             {"roll": roll.id, "phase": RollPhase.ABORTED.value, "was": phase.value,
+                              "reason": reason}, now_ns)
+                return _roll(roll)
+
+        return self._retrying(f"abort_roll {session}", attempt)
 
     def set_roll_phase(self, roll_id: int, phase: RollPhase | str, *, now_ns: int) -> RollInfo:
         """Advance a roll to ``phase`` (phases only move forward). At ``done`` the session's
@@ -825,6 +871,8 @@ class Store:
                 if target is RollPhase.DONE:
                     session_row.contract = roll.to_contract
                     session_row.roll_state = RollPhase.NONE.value
+                    self._transition(s, session_row, SessionEvent.ROLL_FINISHED,
+                                     f"rolled {roll.from_contract} -> {roll.to_contract}", now_ns)
                 else:
                     session_row.roll_state = target.value
                 session_row.updated_ns = now_ns
@@ -1119,6 +1167,16 @@ class Store:
             raise FencedOut(f"job {job_id} is not claimed by {worker} (status {row.status}, claimed by {row.claimed_by})")
         return row
 
+    def _transition(self, s: Session, row: SessionRow, event: SessionEvent, reason: str, now_ns: int) -> None:
+        before = SessionState(row.state)
+        after = session_fsm.transition(before, event, row.name)
+        row.state = after.value
+        row.state_reason = reason
+        row.updated_ns = now_ns
+        s.flush()
+        self._append(s, session_aggregate(row.name), event.value,
+                     {"from": before.value, "to": after.value, "reason": reason}, now_ns)
+
     @staticmethod
     def _append(
         s: Session, aggregate: str, kind: str, data: dict[str, Any], ts_ns: int, *, version: int | None = None
@@ -1152,7 +1210,7 @@ def _position_row(s: Session, session: str, symbol: str) -> PositionRow | None:
 def _active_roll_row(s: Session, session: str) -> RollRow | None:
     return s.scalar(
         sa.select(RollRow)
-        .where(RollRow.session == session, RollRow.phase != RollPhase.DONE.value)
+        .where(RollRow.session == session, RollRow.phase.not_in((RollPhase.DONE.value, RollPhase.ABORTED.value)))
         .order_by(RollRow.id.desc())
         .limit(1)
     )

@@ -107,16 +107,63 @@ def test_fill_cursor_heat_and_rolls(store: Store) -> None:
     add_session(store)
     assert store.set_fill_cursor("es1", "cursor-42").fill_cursor == "cursor-42"
     assert store.set_heat_state("es1", "warned", reason="drawdown", now_ns=3).heat_state == "warned"
-    roll = store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", now_ns=4)
-    assert store.active_roll("es1") == roll and store.get_session("es1").roll_state is RollPhase.CANCEL_WORKING
+    with pytest.raises(IllegalTransition):  # a roll begins only while trading
+        store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", reason="due", now_ns=4)
+    assert store.active_roll("es1") is None
+    for event in ("start", "reconcile", "reconciled"):
+        store.transition_session("es1", event, reason="test", now_ns=4)
+    roll = store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", reason="due", now_ns=4)
+    session = store.get_session("es1")
+    assert store.active_roll("es1") == roll and session.roll_state is RollPhase.CANCEL_WORKING
+    assert session.state is SessionState.ROLLING
     with pytest.raises(IllegalTransition):
-        store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", now_ns=5)
+        store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", reason="due", now_ns=5)
     with pytest.raises(IllegalTransition):
         store.set_roll_phase(roll.id, RollPhase.CANCEL_WORKING, now_ns=5)  # phases only move forward
     store.set_roll_phase(roll.id, RollPhase.OPEN_NEW, now_ns=6)
+    with pytest.raises(IllegalTransition):  # orders on the new contract may exist: only resuming is safe
+        store.abort_roll("es1", reason="operator", now_ns=6)
     assert store.set_roll_phase(roll.id, "done", now_ns=7).is_done
     session = store.get_session("es1")
     assert (session.contract, session.roll_state, store.active_roll("es1")) == ("ESH7", RollPhase.NONE, None)
+    assert session.state is SessionState.TRADING  # done and roll_finished in one transaction
+
+
+def test_a_restart_that_finds_a_roll_midway_escalates_and_an_operator_decides(store: Store) -> None:
+    add_session(store)
+    for event in ("start", "reconcile", "reconciled"):
+        store.transition_session("es1", event, reason="test", now_ns=1)
+    roll = store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", reason="due", now_ns=2)
+    store.transition_session("es1", "stop", reason="down", now_ns=3)
+    store.transition_session("es1", "stopped", reason="down", now_ns=3)
+    # Even an orderly stop and start: the start finds the roll and asks for an operator.
+    after = store.transition_session("es1", "start", reason="process started", now_ns=4)
+    assert after.state is SessionState.NEEDS_OPERATOR and "--resume-roll" in after.state_reason
+    store.transition_session("es1", "ack", reason="operator: resume", now_ns=5)
+    # The start right after the ack goes ahead; the roll resumes from its committed phase.
+    assert store.transition_session("es1", "start", reason="process started", now_ns=6).state is SessionState.STARTING
+    for event in ("reconcile", "reconciled"):
+        store.transition_session("es1", event, reason="test", now_ns=7)
+    assert store.resume_roll("es1", now_ns=8) == roll
+    assert store.get_session("es1").state is SessionState.ROLLING
+    store.set_roll_phase(roll.id, RollPhase.FLATTEN_OLD, now_ns=9)
+    with pytest.raises(IllegalTransition):
+        store.resume_roll("es1", now_ns=9)  # already rolling
+
+
+def test_abort_roll_before_the_new_contract_is_touched(store: Store) -> None:
+    add_session(store)
+    for event in ("start", "reconcile", "reconciled"):
+        store.transition_session("es1", event, reason="test", now_ns=1)
+    roll = store.start_roll("es1", from_contract=CONTRACT, to_contract="ESH7", reason="due", now_ns=2)
+    store.set_roll_phase(roll.id, RollPhase.FLATTEN_OLD, now_ns=3)
+    store.transition_session("es1", "escalate", reason="killed", now_ns=4)
+    aborted = store.abort_roll("es1", reason="operator", now_ns=5)
+    assert aborted.phase is RollPhase.ABORTED and store.active_roll("es1") is None
+    session = store.get_session("es1")
+    assert (session.contract, session.roll_state) == (CONTRACT, RollPhase.NONE)
+    with pytest.raises(IllegalTransition):
+        store.abort_roll("es1", reason="again", now_ns=6)
 
 
 # ------------------------------------------------------------------------------------ orders
