@@ -121,6 +121,10 @@ def encode(envelope: Envelope) -> bytes:
 # ------------------------------------------------------------------------------------ decode
 
 
+def _is_utf8_error(exc: msgspec.DecodeError) -> bool:
+    return "UTF-8" in str(exc)
+
+
 def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Envelope:
     """Decode and fully validate one envelope, or raise ``MalformedMessage`` saying why."""
     size = len(data)
@@ -131,6 +135,8 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Envelope:
     except msgspec.ValidationError as exc:
         raise _bad_header(data, exc) from None
     except msgspec.DecodeError as exc:
+        if _is_utf8_error(exc):  # msgspec >= 0.19 reports bad UTF-8 this way
+            raise MalformedMessage("bad envelope: a string is not valid UTF-8", **_salvage(data)) from None
         raise MalformedMessage(f"not msgpack: {exc}") from None
     except UnicodeDecodeError as exc:
         raise MalformedMessage(f"bad envelope: a string is not valid UTF-8 ({exc.reason} at byte "
@@ -151,6 +157,9 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Envelope:
     except UnicodeDecodeError as exc:
         raise MalformedMessage(f"bad body for type {h.type!r}: a string is not valid UTF-8 "
                                f"({exc.reason})", **_claims(h)) from None
+    except msgspec.DecodeError as exc:
+        what = "a string is not valid UTF-8" if _is_utf8_error(exc) else f"not msgpack ({exc})"
+        raise MalformedMessage(f"bad body for type {h.type!r}: {what}", **_claims(h)) from None
     except RecursionError:  # cannot happen after the header pass skipped the body; kept for safety
         raise MalformedMessage(f"bad body for type {h.type!r}: nested too deeply", **_claims(h)) from None
     if codec.refuse_floats:

@@ -56,6 +56,12 @@ SAMPLES: dict[str, m.Message] = {
                                                 open_orders=[_order(), _order(client_order_id="s1-8")]),
     "md.bars": m.BarsRequest(symbol="ESZ4", interval="1m", after_ts_ns=0),
     "md.bars.reply": m.BarsReply(bars=[_bar(1), _bar(2)]),
+    "md.switch": m.SwitchContract(session="es-sma", symbol="ESH7"),
+    "md.switch.reply": m.ContractSwitched(symbol="ESH7", bars=20),
+    "session.roll": m.RollRequest(session="es-sma", to_contract="ESH7"),
+    "session.flatten": m.FlattenRequest(session="es-sma"),
+    "operator.command": m.OperatorCommand(command="ack", session="es-sma", choice="resume_roll"),
+    "operator.done": m.CommandDone(session="es-sma", state="starting", text="session es-sma acknowledged"),
     "error": m.ErrorReply(code="no_worker", message="nobody home"),
 }
 
