@@ -169,6 +169,14 @@ class Execution(Protocol):
 
 
 @runtime_checkable
+class AccountEquity(Protocol):
+    """An optional extra of an ``Execution``: the account's equity in its currency. Brokers whose
+    execution role lacks it answer ``NotSupported`` through the facade; callers fall back."""
+
+    def account_equity(self) -> Decimal: ...
+
+
+@runtime_checkable
 class MarketData(Protocol):
     def historical_bars(self, symbol: str, interval: str, *, after_ts_ns: int = 0, limit: int = 500) -> list[Bar]:
         """Closed bars with ``ts_ns > after_ts_ns``, oldest first, at most ``limit``."""
@@ -288,6 +296,13 @@ class BrokerFacade:
     def fills_since(self, cursor: str | None) -> tuple[list[BrokerFill], str | None]:
         fills, next_cursor = self._require_execution("fills_since").fills_since(cursor)
         return [self._with_canonical(f) for f in fills], next_cursor
+
+    def account_equity(self) -> Decimal:
+        """The account's equity (``AccountEquity``); ``NotSupported`` when the broker cannot say."""
+        execution = self._require_execution("account_equity")
+        if not isinstance(execution, AccountEquity):
+            raise NotSupported(self.name, "account equity", "configure [risk] equity instead")
+        return execution.account_equity()
 
     def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         execution = self._require_execution("order_by_client_id")

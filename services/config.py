@@ -13,7 +13,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from brokers.instruments import INSTRUMENTS
+from bus.endpoints import BusSettings
+from bus.errors import EndpointError
+from services.account.heat import (
+    DEFAULT_BLOCK_PCT,
+    DEFAULT_RISK_PER_CONTRACT,
+    DEFAULT_RISK_PER_CONTRACT_BY_ROOT,
+    DEFAULT_WARN_PCT,
+    HeatThresholds,
+)
 
 ROOT_ENV = "TRADEBUS_ROOT"
 DB_URL_ENV = "TRADEBUS_DB_URL"
@@ -108,6 +121,15 @@ DEMO_SESSIONS = (
 
 
 @dataclass(frozen=True)
+class RiskConfig:
+    """``[risk]``: portfolio-heat thresholds, and the equity to measure against when the broker
+    cannot tell (``None``: ask the broker only; a broker that cannot answer means no heat)."""
+
+    thresholds: HeatThresholds = field(default_factory=HeatThresholds)
+    equity: Decimal | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     paths: Paths
     db_url: str
@@ -118,6 +140,8 @@ class Config:
     restarts: int = DEFAULT_RESTARTS
     restart_window_s: float = DEFAULT_RESTART_WINDOW_S
     demo: bool = True
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    bus: BusSettings = field(default_factory=BusSettings)  # [bus]: ipc (default) or tcp with CURVE
 
 
 def find_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -144,7 +168,10 @@ def load_config(root: Path | None = None) -> Config:
                                       "restart_window_s", "demo"}, paths)
     venue = _section(raw, "venue_sim", {"port", "pace_s", "seed", "history_bars", "interval", "csv"},
                      paths)
-    unknown = set(raw) - {"engine", "venue_sim"}
+    risk = _risk_config(_section(raw, "risk", {"warn_pct", "block_pct", "equity", "default_risk_per_contract",
+                                               "per_contract"}, paths), paths)
+    bus_settings = _bus_settings(raw, paths)
+    unknown = set(raw) - {"engine", "venue_sim", "risk", "bus"}
     if unknown:
         raise ConfigError(f"{paths.config_file}: unknown section(s) {sorted(unknown)}")
     db_url = os.environ.get(DB_URL_ENV) or engine.get("db_url") or f"sqlite:///{paths.sqlite_db}"
@@ -167,6 +194,8 @@ def load_config(root: Path | None = None) -> Config:
             restarts=int(engine.get("restarts", DEFAULT_RESTARTS)),
             restart_window_s=float(engine.get("restart_window_s", DEFAULT_RESTART_WINDOW_S)),
             demo=bool(engine.get("demo", True)),
+            risk=risk,
+            bus=bus_settings,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{paths.config_file}: bad value: {exc}") from exc
@@ -179,6 +208,54 @@ def load_config(root: Path | None = None) -> Config:
     return config
 
 
+def _risk_config(section: dict[str, Any], paths: Paths) -> RiskConfig:
+    """``[risk]``, every figure checked: ``warn_pct``/``block_pct`` are fractions of equity (0.05 is
+    5 %) with warn < block; ``per_contract`` maps known roots to currency at risk per contract."""
+    where = f"{paths.config_file}: [risk]"
+
+    def money(value: Any, name: str) -> Decimal:
+        # TOML floats are read back through their shortest text, so 0.05 stays exactly 0.05.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+            raise ConfigError(f"{where} {name} must be a number or a decimal string, got {value!r}")
+        try:
+            result = Decimal(str(value))
+        except InvalidOperation:
+            raise ConfigError(f"{where} {name} is not a number: {value!r}") from None
+        if not result.is_finite():
+            raise ConfigError(f"{where} {name} must be finite, got {value!r}")
+        return result
+
+    warn = money(section.get("warn_pct", DEFAULT_WARN_PCT), "warn_pct")
+    block = money(section.get("block_pct", DEFAULT_BLOCK_PCT), "block_pct")
+    for name, value in (("warn_pct", warn), ("block_pct", block)):
+        if not 0 < value <= 1:
+            raise ConfigError(f"{where} {name} is a fraction of equity in (0, 1] (0.05 means 5%), got {value}")
+    if warn >= block:
+        raise ConfigError(f"{where} warn_pct ({warn}) must be below block_pct ({block})")
+    default = money(section.get("default_risk_per_contract", DEFAULT_RISK_PER_CONTRACT), "default_risk_per_contract")
+    if default < 0:
+        raise ConfigError(f"{where} default_risk_per_contract must be >= 0, got {default}")
+    per_contract_raw = section.get("per_contract", {})
+    if not isinstance(per_contract_raw, dict):
+        raise ConfigError(f"{where} per_contract must be a table of root = amount, e.g. ES = 2000")
+    per_contract = dict(DEFAULT_RISK_PER_CONTRACT_BY_ROOT)
+    for root, value in per_contract_raw.items():
+        if root not in INSTRUMENTS:
+            raise ConfigError(f"{where} per_contract.{root}: unknown root; known roots: {', '.join(INSTRUMENTS)}")
+        amount = money(value, f"per_contract.{root}")
+        if amount < 0:
+            raise ConfigError(f"{where} per_contract.{root} must be >= 0, got {amount}")
+        per_contract[root] = amount
+    equity = None
+    if "equity" in section:
+        equity = money(section["equity"], "equity")
+        if equity <= 0:
+            raise ConfigError(f"{where} equity must be > 0, got {equity}")
+    thresholds = HeatThresholds(warn_pct=warn, block_pct=block, risk_per_contract=MappingProxyType(per_contract),
+                                default_risk_per_contract=default)
+    return RiskConfig(thresholds=thresholds, equity=equity)
+
+
 def _section(raw: dict[str, Any], name: str, allowed: set[str], paths: Paths) -> dict[str, Any]:
     section = raw.get(name, {})
     if not isinstance(section, dict):
@@ -187,6 +264,15 @@ def _section(raw: dict[str, Any], name: str, allowed: set[str], paths: Paths) ->
     if unknown:
         raise ConfigError(f"{paths.config_file}: unknown key(s) in [{name}]: {sorted(unknown)}")
     return section
+
+
+def _bus_settings(raw: dict[str, Any], paths: Paths) -> BusSettings:
+    """``[bus]``: transport ("ipc" | "tcp"), host, pub_port/sub_port/rpc_port, client_key. The rules
+    live in ``bus.endpoints.BusSettings`` (busd and clients read the same table through it)."""
+    try:
+        return BusSettings.from_table(raw.get("bus", {}))
+    except EndpointError as exc:
+        raise ConfigError(f"{paths.config_file}: {exc}") from None
 
 
 def validate_session_name(name: str) -> str:

@@ -265,6 +265,15 @@ class SimExecution:
             if len(page) < FILLS_PAGE:
                 return fills, cursor
 
+    def account_equity(self) -> Decimal:
+        """Starting equity plus realized P&L, as the venue keeps it (``GET /accounts/{account}/summary``)."""
+        data = self._get(f"{API}/accounts/{quote(self._account, safe='')}/summary", {})
+        try:
+            return _decimal(data["equity"])
+        except _SHAPE_ERRORS as exc:
+            raise UnexpectedResponse(f"malformed account summary ({type(exc).__name__}: {exc})", broker=BROKER,
+                                     excerpt=_excerpt(data)) from exc
+
     def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         path = f"{API}/orders/by-client-id/{quote(client_order_id, safe='')}"
         with translate_errors(BROKER, sends_order=False):

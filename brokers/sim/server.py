@@ -22,6 +22,8 @@ POST     /orders/{cid}/cancel                        body ``{account}``; 200 · 
 POST     /orders/{cid}/modify                        body ``{account, quantity?, limit_price?, stop_price?}``
 GET      /positions?account=                         ``{"positions": [...]}``
 GET      /fills?account=&after_seq=&limit=           ``{"fills": [...], "last_seq": n}``
+GET      /accounts/{account}/summary                 ``{"account", "starting_equity", "realized_pnl", "equity"}``;
+                                                     404 ``{"error": "unknown_account"}``
 GET      /bars/{symbol}?interval=&after_ts_ns=&limit=  ``{"bars": [...]}`` oldest first
 GET      /bars/{symbol}/stream?interval=&after_index=  chunked NDJSON: bars, ``{"heartbeat": n}`` when idle;
                                                      409 if after_index is past the latest bar (venue restarted)
@@ -58,7 +60,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
@@ -75,6 +77,8 @@ from brokers.sim.faults import Fault, FaultConfigError, FaultPlan, FaultRule, Fi
 from brokers.sim.feed import CsvFeed, RandomWalkFeed
 from brokers.sim.fill_feed import FeedMessage, FillFeed
 from brokers.sim.venue import (
+    DEFAULT_STARTING_EQUITY,
+    AccountSummary,
     OrderRejected,
     UnknownAccount,
     UnknownOrder,
@@ -189,6 +193,10 @@ def position_json(position: VenuePosition) -> dict[str, Any]:
 
 def account_position_json(position: VenuePosition) -> dict[str, Any]:
     return {"account": position.account, **position_json(position)}
+
+
+def summary_json(summary: AccountSummary) -> dict[str, Any]:
+    return asdict(summary)
 
 
 def bar_json(bar: Bar) -> dict[str, Any]:
@@ -347,6 +355,8 @@ class SimConfig:
     """Fault rules active from the start (``--faults FILE``)."""
     fault_seed: int | None = None
     """Their generator's seed; None: ``seed``."""
+    starting_equity: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
+    """Equity of each account before any fill (``--equity``); missing: the venue's default."""
 
 
 class SimApp:
@@ -366,7 +376,9 @@ class SimApp:
         self.new_bar = threading.Condition(self.lock)
         self.stopping = threading.Event()
         ticks = {s: instrument(canonical_root(s)).tick_size for s in config.symbols}
-        self.venue = Venue(config.accounts, ticks)
+        point_values = {s: instrument(canonical_root(s)).point_value for s in config.symbols}
+        self.venue = Venue(config.accounts, ticks, point_values=point_values,
+                           starting_equity=config.starting_equity)
         self.books = {s: BarBook(s) for s in config.symbols}
         start_ns = now_ns // self.interval_ns * self.interval_ns - config.history * self.interval_ns
         self.feeds: dict[str, Iterator[Bar]] = {s: iter(self._feed(s, start_ns)) for s in config.symbols}
@@ -468,6 +480,7 @@ _ROUTES: tuple[Route, ...] = tuple(
         ("POST", r"/orders/(?P<cid>[^/]+)/modify", "post_modify", "modify"),
         ("GET", r"/positions", "get_positions", "positions"),
         ("GET", r"/fills", "get_fills", "fills"),
+        ("GET", r"/accounts/(?P<account>[^/]+)/summary", "get_account_summary", None),
         ("GET", r"/bars/(?P<symbol>[^/]+)", "get_bars", "bars"),
         ("GET", r"/bars/(?P<symbol>[^/]+)/stream", "get_bar_stream", "stream"),
         ("GET", r"/admin/stats", "get_stats", None),
@@ -815,6 +828,15 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         last_seq = messages[-1].seq if messages else after_seq
         self._send_json(200, {"fills": [feed_message_json(m) for m in messages], "last_seq": last_seq})
 
+    def get_account_summary(self, query: Mapping[str, list[str]], account: str) -> None:
+        with self.app.lock:
+            try:
+                summary = self.app.venue.summary(account)
+            except UnknownAccount as exc:
+                self._send_json(404, {"error": "unknown_account", "message": str(exc)})
+                return
+        self._send_json(200, summary_json(summary))
+
     def get_bars(self, query: Mapping[str, list[str]], symbol: str) -> None:
         symbol = self._symbol(symbol)
         self._check_interval(query)
@@ -971,6 +993,9 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
     parser.add_argument("--csv", action="append", default=[], metavar="SYMBOL=PATH")
     parser.add_argument("--accounts", default=DEFAULT_ACCOUNTS)
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, help="bars generated instantly at start")
+    parser.add_argument("--equity", action="append", default=[], metavar="[ACCOUNT=]AMOUNT",
+                        help="starting equity of every account (AMOUNT) or of one (ACCOUNT=AMOUNT); "
+                             f"default {DEFAULT_STARTING_EQUITY}")
     parser.add_argument("--faults", type=Path, metavar="FILE",
                         help='fault rules active from the start: JSON {"seed"?, "rules": [...]} as POST /v1/admin/faults')
     args = parser.parse_args(argv)
@@ -994,12 +1019,34 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
         if not accounts:
             raise ValueError("--accounts: at least one account")
         faults = FaultPlan() if args.faults is None else _read_faults_file(args.faults, default_seed=args.seed)
+        starting_equity = _starting_equity(args.equity, accounts)
     except ValueError as exc:  # FaultConfigError is one
         parser.error(str(exc))
     return SimConfig(host=args.host, port=args.port, state_dir=args.state_dir, symbols=symbols,
                      interval=args.interval, pace_s=args.pace, seed=args.seed, csv=MappingProxyType(csv_files),
                      accounts=accounts, history=args.history, faults=faults.rules,
-                     fault_seed=None if args.faults is None else faults.seed)
+                     fault_seed=None if args.faults is None else faults.seed,
+                     starting_equity=MappingProxyType(starting_equity))
+
+
+def _starting_equity(items: Sequence[str], accounts: Sequence[str]) -> dict[str, Decimal]:
+    """``--equity`` values, later ones winning: ``AMOUNT`` for every account, ``ACCOUNT=AMOUNT`` for one."""
+    equity: dict[str, Decimal] = {}
+    for item in items:
+        account, sep, raw = item.rpartition("=")
+        try:
+            amount = Decimal(raw)
+        except InvalidOperation:
+            raise ValueError(f"--equity {item!r}: {raw!r} is not an amount") from None
+        if not amount.is_finite() or amount <= 0:
+            raise ValueError(f"--equity {item!r}: the amount must be positive")
+        if not sep:
+            equity.update({a: amount for a in accounts})
+        elif account in accounts:
+            equity[account] = amount
+        else:
+            raise ValueError(f"--equity {item!r}: unknown account {account!r} (accounts: {', '.join(accounts)})")
+    return equity
 
 
 def _read_faults_file(path: Path, *, default_seed: int) -> FaultPlan:

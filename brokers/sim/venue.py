@@ -19,6 +19,10 @@ Fill model (whole quantity at once; no partial fills, no queue position, no slip
 * Time in force: DAY and GTC behave alike (bars carry no session boundaries). IOC orders get one
   bar: if the first bar after submission does not fill them, they expire.
 
+Account equity (``summary``) is the account's starting equity plus the realized P&L of its fills,
+average-cost: a fill that reduces a position realizes ``closed quantity × (fill price − average
+price) × point value`` (sign flipped for a short). Open positions are not marked to market.
+
 An order is "working" (``ACCEPTED``) until it fills, is cancelled or expires. Every submit attempt
 is counted in ``submissions`` by client order id, including duplicates (which are rejected), so
 tests can assert that nothing was ever sent twice.
@@ -34,6 +38,8 @@ from brokers.base import Bar, OrderRequest
 from schema.enums import OrderStatus, OrderType, Side, TimeInForce
 
 DUPLICATE_CLIENT_ID = "duplicate client order id"
+DEFAULT_STARTING_EQUITY = Decimal("1000000")
+"""Equity of an account before any fill, unless the venue is told otherwise."""
 NO_BAR_YET = -1
 """``submitted_after_index`` of an order placed before any bar of its symbol."""
 
@@ -101,6 +107,15 @@ class VenueFill:
 
 
 @dataclass(frozen=True)
+class AccountSummary:
+    account: str
+    starting_equity: Decimal
+    realized_pnl: Decimal
+    equity: Decimal
+    """``starting_equity + realized_pnl``."""
+
+
+@dataclass(frozen=True)
 class VenuePosition:
     account: str
     symbol: str
@@ -164,10 +179,21 @@ class Venue:
 
     ``symbols`` maps each tradeable symbol to its tick size; prices off the tick are rejected.
     With ``symbols=None`` any symbol that has had a bar is tradeable and ticks are not checked.
+    ``point_values`` (currency per point per contract) value realized P&L; a symbol missing from it
+    counts 1. ``starting_equity`` is one amount for every account or one per account (missing:
+    ``DEFAULT_STARTING_EQUITY``).
     """
 
-    def __init__(self, accounts: Iterable[str], symbols: Mapping[str, Decimal] | None = None) -> None:
+    def __init__(self, accounts: Iterable[str], symbols: Mapping[str, Decimal] | None = None, *,
+                 point_values: Mapping[str, Decimal] | None = None,
+                 starting_equity: Decimal | Mapping[str, Decimal] = DEFAULT_STARTING_EQUITY) -> None:
         self.accounts: frozenset[str] = frozenset(accounts)
+        self._point_values: dict[str, Decimal] = dict(point_values or {})
+        if isinstance(starting_equity, Decimal):
+            self._starting = {a: starting_equity for a in self.accounts}
+        else:
+            self._starting = {a: starting_equity.get(a, DEFAULT_STARTING_EQUITY) for a in self.accounts}
+        self._realized: dict[str, Decimal] = {a: Decimal(0) for a in self.accounts}
         self._ticks: dict[str, Decimal] | None = None if symbols is None else dict(symbols)
         self._orders: dict[str, VenueOrder] = {}
         self._by_client: dict[tuple[str, str], str] = {}
@@ -221,6 +247,12 @@ class Venue:
     def all_positions(self) -> list[VenuePosition]:
         """Every non-flat position of every account, by (account, symbol)."""
         return [p for _, p in sorted(self._positions.items()) if p.quantity != 0]
+
+    def summary(self, account: str) -> AccountSummary:
+        """Starting equity plus realized P&L of ``account`` (see the module docstring)."""
+        self._check_account(account)
+        start, realized = self._starting[account], self._realized[account]
+        return AccountSummary(account, start, realized, start + realized)
 
     def fills_since(self, account: str, seq: int = 0, limit: int | None = None) -> list[VenueFill]:
         """Fills of ``account`` with a sequence number above ``seq``, oldest first."""
@@ -386,6 +418,9 @@ class Venue:
         held = self._positions.get(key)
         quantity = Decimal(0) if held is None else held.quantity
         average = None if held is None else held.average_price
+        point_value = self._point_values.get(fill.symbol, Decimal(1))
+        self._realized[fill.account] += realized_points(quantity, average, fill.side.sign * fill.quantity,
+                                                        fill.price) * point_value
         self._positions[key] = VenuePosition(fill.account, fill.symbol, *apply_fill(quantity, average, fill.side.sign * fill.quantity, fill.price))
 
 
@@ -402,6 +437,15 @@ def apply_fill(quantity: Decimal, average: Decimal | None, signed_fill: Decimal,
     if (quantity > 0) == (new_quantity > 0):
         return new_quantity, average
     return new_quantity, price
+
+
+def realized_points(quantity: Decimal, average: Decimal | None, signed_fill: Decimal, price: Decimal) -> Decimal:
+    """Points × contracts realized by a signed fill against a signed position at ``average``: only
+    the part of the fill that closes contracts realizes anything (the rest opens or adds)."""
+    if quantity == 0 or average is None or (quantity > 0) == (signed_fill > 0):
+        return Decimal(0)
+    closed = min(abs(signed_fill), abs(quantity))
+    return closed * (price - average) if quantity > 0 else closed * (average - price)
 
 
 def _is_finite(value: Decimal) -> bool:

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 
 
 import zmq
 
-from brokers.errors import BrokerError, OutcomeUnknown, Rejected, Retryable
+from brokers.errors import BrokerError, NotSupported, OutcomeUnknown, Rejected, Retryable
 from brokers.registry import build_facade
 from bus import topics
 from bus.client import Publisher, RpcWorker
 from bus.envelope import now_ns
 from bus.logs import log
 from schema import messages as m
-from schema.enums import OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
+from schema.enums import HeatState, OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
 from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
 from services.account.core import Resolution, adoption_events, resolve
 from services.convert import order_message
 from services.retry import Backoff
 from services.account.core import adds_risk
+from services.account import heat as heat_rules
+from services.rolls import is_roll_signal
 from services.runtime import ProcessShell, Stopping
 from services.session_state import escalate
 from services.testhooks import crash_point
@@ -42,6 +45,8 @@ LEASE_RENEW_S = 1.0
 POLL_MS = 50
 RECOVERY_LOOKUPS = 5
 RESOLVE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
+EQUITY_TTL_S = 5.0
+"""How long an equity figure from the broker is reused before asking again (monotonic clock)."""
 
 
 class FencedOut(Exception):
@@ -59,6 +64,7 @@ class AccountService:
         self.fill_cursor: str | None = None
         self.publisher: Publisher | None = None
         self.worker: RpcWorker | None = None
+        self.equity = EquityCache(self.broker, shell.config.risk.equity, self.log)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,9 +159,10 @@ class AccountService:
         return m.ErrorReply(code="unsupported", message=f"account service does not handle {body.TYPE!r}")
 
     def snapshot(self) -> m.AccountSnapshot:
-        position = self.store.get_position(self.session.name, self.session.contract)
-        open_orders = [order_message(o) for o in self.store.open_orders(self.session.name)]
-        return m.AccountSnapshot(session=self.session.name, symbol=self.session.contract,
+        contract = self.store.get_session(self.session.name).contract  # a roll changes it
+        position = self.store.get_position(self.session.name, contract)
+        open_orders = [order_message(o) for o in self.store.open_orders(self.session.name) if o.symbol == contract]
+        return m.AccountSnapshot(session=self.session.name, symbol=contract,
                                  position=position.quantity, open_orders=open_orders)
 
     # ------------------------------------------------------------------ orders
@@ -207,7 +214,12 @@ class AccountService:
         others = [o for o in self.store.open_orders(self.session.name)
                   if o.client_order_id != order.client_order_id and o.symbol == order.symbol]
         position = self.store.get_position(self.session.name, order.symbol).quantity
-        if new and state is not SessionState.TRADING:
+        if new and state is SessionState.ROLLING and is_roll_signal(order.signal):
+            # A roll's own legs: only on the two contracts of the roll under way.
+            roll = self.store.active_roll(self.session.name)
+            if roll is None or order.symbol not in (roll.from_contract, roll.to_contract):
+                return f"roll order {order.client_order_id} for {order.symbol} matches no roll under way"
+        elif new and state is not SessionState.TRADING:
             # Halted: cancels and risk-reducing orders only. Any other state: nothing new.
             if state is not SessionState.HALTED:
                 return f"session is {state}, not trading"
@@ -216,12 +228,51 @@ class AccountService:
         unknown = [o.client_order_id for o in others if OrderStatus(o.status) is OrderStatus.UNKNOWN]
         if unknown and adds_risk(position, others, order):
             return f"adds risk while {', '.join(unknown)} is unresolved"
-        return None
+        return self._heat_refusal(order, HeatState(session.heat_state)) if new else None
 
     def _escalate(self, reason: str) -> None:
         log(self.log, "needs_operator", level=logging.CRITICAL, session=self.session.name, reason=reason)
         escalate(self.store, self.session.name, reason, now_ns(), publisher=self.publisher)
         self._publish(topics.ALERT, m.Alert(level="critical", text=reason, session=self.session.name))
+
+    # ------------------------------------------------------------------ portfolio heat
+
+    def _heat_refusal(self, order: OrderState, current: HeatState) -> str | None:
+        """Measure heat with ``order`` filled in full, move the session's rung, and refuse the order
+        if the rung is ``blocked`` and it adds risk (``heat_rules`` decides; risk-reducing orders
+        always pass). Without an equity figure heat is not measured and the rung stays as it is."""
+        equity = self.equity.get()
+        if equity is None:
+            return None
+        rules = self.shell.config.risk.thresholds
+        others = [o for o in self.store.open_orders(self.session.name) if o.client_order_id != order.client_order_id]
+        holdings = {p.symbol: heat_rules.Holding(p.quantity, p.average_price)
+                    for p in self.store.positions(self.session.name)}
+        risk = heat_rules.open_risk(holdings, [*others, order], rules)
+        fraction = heat_rules.heat_fraction(risk, equity)
+        rung = heat_rules.next_heat(current, fraction, rules)
+        figure = heat_rules.describe(fraction, risk, equity)
+        if rung is not current:
+            self._heat_changed(current, rung, f"{figure} with {order.client_order_id}; "
+                                              f"warn at {heat_rules.pct(rules.warn_pct)}, "
+                                              f"block at {heat_rules.pct(rules.block_pct)}")
+        if rung is not HeatState.BLOCKED:
+            return None
+        position = holdings.get(order.symbol, heat_rules.Holding(Decimal(0))).quantity
+        if not adds_risk(position, [o for o in others if o.symbol == order.symbol], order):
+            return None
+        return (f"portfolio heat blocked: {figure} with this order, block level "
+                f"{heat_rules.pct(rules.block_pct)}; only risk-reducing orders until heat is below "
+                f"{heat_rules.pct(rules.warn_pct)}")
+
+    def _heat_changed(self, before: HeatState, after: HeatState, reason: str) -> None:
+        self.store.set_heat_state(self.session.name, after, reason=reason, now_ns=now_ns())
+        level, severity = {HeatState.OK: ("info", logging.INFO), HeatState.WARNED: ("warning", logging.WARNING),
+                           HeatState.BLOCKED: ("critical", logging.CRITICAL)}[after]
+        log(self.log, "heat_changed", level=severity, session=self.session.name,
+            before=str(before), after=str(after), reason=reason)
+        self._publish(topics.ALERT, m.Alert(level=level, text=f"heat {before} → {after}: {reason}",
+                                            session=self.session.name))
 
     def _send(self, order: OrderState) -> OrderState:
         try:
@@ -383,6 +434,55 @@ class AccountService:
     def _publish(self, topic: str, body: m.Message, event_ns: int | None = None) -> None:
         assert self.publisher is not None
         self.publisher.publish(topic, body, session=self.session.name, event_ns=event_ns)
+
+
+class EquityCache:
+    """The account's equity for heat, asked of the broker at most every ``EQUITY_TTL_S``.
+
+    Source, in order: the broker (``BrokerFacade.account_equity``); if it does not support that,
+    ``[risk] equity`` from tradebus.toml; if that is not set either, there is no equity and heat is
+    not measured (logged once; the session's rung stays where it is, ``ok`` for a new session).
+    A broker that supports it but fails to answer: the last figure it gave (however old), else the
+    configured one, else none for this order.
+    """
+
+    def __init__(self, broker, configured: Decimal | None, logger: logging.Logger,
+                 clock=time.monotonic) -> None:
+        self._broker = broker
+        self._configured = configured
+        self._log = logger
+        self._clock = clock
+        self._last: Decimal | None = None
+        self._asked_at: float | None = None
+        self._unsupported = False
+        self._said_none = False
+
+    def get(self) -> Decimal | None:
+        if self._unsupported:
+            return self._fallback()
+        now = self._clock()
+        if self._asked_at is not None and now - self._asked_at < EQUITY_TTL_S:
+            return self._last if self._last is not None else self._fallback()
+        self._asked_at = now  # a failed lookup is not retried before the TTL either: it may be slow
+        try:
+            self._last = self._broker.account_equity()
+            return self._last
+        except NotSupported as exc:
+            self._unsupported = True
+            log(self._log, "equity_unsupported", level=logging.WARNING, error=str(exc),
+                configured=None if self._configured is None else str(self._configured))
+            return self._fallback()
+        except BrokerError as exc:
+            log(self._log, "equity_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}",
+                last=None if self._last is None else str(self._last))
+            return self._last if self._last is not None else self._fallback()
+
+    def _fallback(self) -> Decimal | None:
+        if self._configured is None and not self._said_none:
+            self._said_none = True
+            log(self._log, "heat_not_measured", level=logging.WARNING,
+                reason="the broker cannot tell the account's equity and [risk] equity is not configured")
+        return self._configured
 
 
 def _order_request(order: OrderState):

@@ -6,6 +6,7 @@ import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -161,3 +162,39 @@ def test_stream_from_an_index_the_venue_never_made_is_refused(venue: Running) ->
     # Given a client that saw bar 500 from a previous venue run, the restarted venue says so.
     with pytest.raises(UnexpectedResponse, match="409"):
         next(venue.broker.stream_bars(SYMBOL, "1m", after_index=500))
+
+
+def test_account_summary_is_starting_equity_plus_realized_pnl(venue: Running) -> None:
+    broker = venue.broker
+    # Given a fresh account: its starting equity, nothing realized
+    summary = httpx.get(f"{venue.url}/v1/accounts/SIM1/summary", timeout=5)
+    assert summary.status_code == 200
+    assert summary.json() == {"account": "SIM1", "starting_equity": "1000000", "realized_pnl": "0", "equity": "1000000"}
+    assert broker.account_equity() == Decimal("1000000")
+    # When it buys 2 and sells 1 back on a later bar
+    broker.submit_order(OrderRequest("e1", SYMBOL, Side.BUY, OrderType.MARKET, Decimal(2)))
+    venue.app.produce_one_round()
+    broker.submit_order(OrderRequest("e2", SYMBOL, Side.SELL, OrderType.MARKET, Decimal(1)))
+    venue.app.produce_one_round()
+    fills, _ = broker.fills_since(None)
+    bought, sold = (next(f.price for f in fills if f.client_order_id == cid) for cid in ("e1", "e2"))
+    # Then one contract's difference × the ES point value (50) is realized, as exact decimal strings
+    realized = (sold - bought) * 50
+    assert broker.account_equity() == Decimal("1000000") + realized
+    body = httpx.get(f"{venue.url}/v1/accounts/SIM1/summary", timeout=5).json()
+    assert Decimal(body["realized_pnl"]) == realized and isinstance(body["equity"], str)
+
+
+def test_account_summary_of_an_unknown_account_is_404(venue: Running) -> None:
+    response = httpx.get(f"{venue.url}/v1/accounts/NOPE/summary", timeout=5)
+    assert response.status_code == 404 and response.json()["error"] == "unknown_account"
+
+
+def test_starting_equity_comes_from_the_command_line(tmp_path: Path) -> None:
+    config = sim_server.parse_args(["--accounts", "SIM1,SIM2", "--equity", "250000", "--equity", "SIM2=5000.50",
+                                    "--symbols", SYMBOL], today=date(2026, 1, 5))
+    app = SimApp(config, JsonLog(io.StringIO()), now_ns=NOW_NS)
+    assert app.venue.summary("SIM1").equity == Decimal("250000")
+    assert app.venue.summary("SIM2").equity == Decimal("5000.50")
+    with pytest.raises(SystemExit):
+        sim_server.parse_args(["--equity", "SIM9=1"], today=date(2026, 1, 5))
