@@ -1,6 +1,7 @@
 """busd: the one bus process. Pub/sub proxy, request/reply service router and journal writer.
 
-Run it as ``python -m bus.busd --state-dir DIR [--no-journal]`` (or ``bus.busd.main(argv)``).
+Run it as ``python -m bus.busd --state-dir DIR [--no-journal]`` (or ``bus.busd.main(argv)``); the
+``[bus]`` table of ``tradebus.toml`` beside DIR chooses ipc (default) or tcp with CURVE.
 One thread, one ``zmq.Poller`` loop over three bound sockets:
 
 * ``pub.in``  XSUB  publishers connect (PUB) and send ``[topic, envelope]``;
@@ -37,6 +38,15 @@ if the request is past its deadline, ``deadline``; if it does not decode, ``malf
 message id can be salvaged (else it is dropped and counted). Never a hang. Requests and replies,
 including busd's own error replies, are journaled (kinds ``req``/``rep``).
 
+Security: ipc sockets live in an owner-only folder (see ``bus.endpoints``). On tcp busd's three
+sockets are CURVE servers with busd's keypair from ``<state>/keys``, and a ZAP authenticator
+(``zmq.auth.thread.ThreadAuthenticator``) admits only clients whose public key is in
+``<state>/keys/allowed`` (re-read every ALLOWED_RELOAD_S). A refused client is counted
+(``refused``) and logged as ``client_refused`` with its public key and address (a key that is
+not allowed), or with the endpoint and reason (a client with no CURVE key at all, seen through
+a socket monitor); repeats are logged at most once per REFUSED_LOG_EVERY_S per client. busd
+refuses to bind tcp without CURVE.
+
 Lifecycle: a lock file makes a second busd on the same state folder exit at once; once bound,
 busd logs ``ready`` and writes its pid to ``<state>/bus/busd.ready``. SIGTERM/SIGINT: stop
 intake, flush and close the journal, close the sockets, remove the ready file, exit 0.
@@ -47,16 +57,20 @@ import argparse
 import errno
 import fcntl
 import logging
+import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from bus.codec import decode, encode
 from bus.endpoints import Endpoints
@@ -73,6 +87,9 @@ from bus.errors import (
 from bus.journal import JournalWriter
 from bus.logs import configure_logging, log
 from schema.messages import SCHEMA_VERSION, ErrorReply
+
+if TYPE_CHECKING:
+    from bus.zap import AllowListAuthenticator
 
 # ---------------------------------------------------------------------------- protocol
 
@@ -101,6 +118,11 @@ XPUB_SNDHWM = 100_000  # per subscriber; past it, that slow subscriber loses mes
 ROUTER_HWM = 10_000
 CLOSE_LINGER_MS = 200
 LOG_TOPIC_CHARS = 120
+ALLOWED_RELOAD_S = 5.0  # how soon a new or revoked client key takes effect
+REFUSED_LOG_EVERY_S = 60.0  # a refused client reconnects on its own: log it once per interval
+# Monitor events that mean "a peer failed the CURVE handshake" (no key, wrong server key, ...).
+# Refusals by the allow-list (HANDSHAKE_FAILED_AUTH) are logged by the ZAP handler, with the key.
+HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -112,6 +134,29 @@ logger = logging.getLogger("busd")
 
 class AlreadyRunning(BusError):
     """Another busd holds the lock on this state folder."""
+
+
+class RefusalLog:
+    """Counts refused peers and logs each one at most once per ``every_s`` (with how many
+    refusals it folded in). Thread-safe: the ZAP thread and the loop both report. Time comes in."""
+
+    def __init__(self, counters: Counters, clock: Callable[[], float], every_s: float = REFUSED_LOG_EVERY_S) -> None:
+        self.counters = counters
+        self.every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # who -> (logged at, refusals since)
+
+    def refused(self, who: str, **fields: object) -> None:
+        now = self._clock()
+        with self._lock:
+            self.counters.refused += 1
+            logged_at, folded = self._last.get(who, (-math.inf, 0))
+            if now - logged_at < self.every_s:
+                self._last[who] = (logged_at, folded + 1)
+                return
+            self._last[who] = (now, 0)
+        log(logger, "client_refused", logging.WARNING, repeats=folded, **fields)
 
 
 # ---------------------------------------------------------------------------- the service table
@@ -206,6 +251,7 @@ class Counters:
     errors: int = 0  # error replies busd itself sent
     undeliverable: int = 0  # replies whose client had gone
     subscriptions: int = 0
+    refused: int = 0  # tcp peers refused: a key not in the allow-list, or no/invalid CURVE handshake
     malformed_unlogged: int = field(default=0, repr=False)
 
     def as_dict(self) -> dict[str, int]:
@@ -234,6 +280,9 @@ class Busd:
         self._malformed_logged = 0
         self._wrote_ready = False
         self._closed = False
+        self.refusals = RefusalLog(self.counters, clock)
+        self._auth: AllowListAuthenticator | None = None
+        self._monitors: dict[zmq.Socket, str] = {}  # monitor socket -> the endpoint it watches
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -243,21 +292,25 @@ class Busd:
         ready_file = self.endpoints.ready_file
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # a stale one from a killed busd must not look ready
+        server_keys = self._server_keys()  # before anything is bound: no key, no tcp
         if self.journal_dir is not None:
             self._journal = JournalWriter(self.journal_dir)
         self.xsub = self._socket(zmq.XSUB, rcvhwm=XSUB_RCVHWM)
         self.xpub = self._socket(zmq.XPUB, sndhwm=XPUB_SNDHWM)
         self.router = self._socket(zmq.ROUTER, sndhwm=ROUTER_HWM, rcvhwm=ROUTER_HWM)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tell us when a worker/client is gone
+        self._poller = zmq.Poller()
+        if server_keys is not None:
+            self._secure(server_keys)
         self.xsub.bind(self.endpoints.pub_in)
         self.xpub.bind(self.endpoints.pub_out)
         self.router.bind(self.endpoints.rpc)
         if self._journal is not None:
             self.xsub.send(b"\x01")  # subscribe upstream to everything: the journal records it all
-        self._poller = zmq.Poller()
         for sock in (self.xsub, self.xpub, self.router):
             self._poller.register(sock, zmq.POLLIN)
         now = self._clock()
+        self._next_allowed_reload = now + ALLOWED_RELOAD_S
         self.table.started_at = now
         self._next_expire = now + EXPIRE_CHECK_S
         self._next_stats = now + STATS_EVERY_S
@@ -269,7 +322,41 @@ class Busd:
             self._wrote_ready = True
         log(logger, "ready", pub_in=self.endpoints.pub_in, pub_out=self.endpoints.pub_out,
             rpc=self.endpoints.rpc, journal=str(self.journal_dir) if self.journal_dir else None,
-            epoch=self.epoch)
+            epoch=self.epoch, curve=server_keys is not None)
+
+    def _server_keys(self) -> tuple[bytes, bytes] | None:
+        """busd's CURVE keypair for tcp endpoints (None for ipc). Raises ``EndpointError``."""
+        curve = self.endpoints.curve
+        if curve is None:
+            if self.endpoints.is_tcp:
+                raise EndpointError("busd does not bind tcp without CURVE: configure [bus] transport = "
+                                    "\"tcp\" and run `tradebus keys generate`")
+            return None
+        from bus.keys import KeyStore
+
+        return KeyStore(curve.keys_dir).server_keys()
+
+    def _secure(self, server_keys: tuple[bytes, bytes]) -> None:
+        """Make the three sockets CURVE servers behind the allow-list, and watch their handshakes.
+        The authenticator must be running before anything binds, or CURVE admits any key."""
+        assert self.endpoints.curve is not None
+        allowed_dir = self.endpoints.curve.keys_dir / "allowed"
+        if not allowed_dir.is_dir():
+            raise EndpointError(f"no allow-list folder {allowed_dir}: run `tradebus keys generate`")
+        from bus.zap import AllowListAuthenticator  # only tcp pays for importing asyncio
+
+        self._auth = AllowListAuthenticator(self._context, self.refusals)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(allowed_dir))
+        public, secret = server_keys
+        for sock, endpoint in ((self.xsub, self.endpoints.pub_in), (self.xpub, self.endpoints.pub_out),
+                               (self.router, self.endpoints.rpc)):
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
+            self._monitors[monitor] = endpoint
+            self._poller.register(monitor, zmq.POLLIN)
 
     def request_stop(self) -> None:
         """Safe to call from a signal handler: the loop notices within POLL_MS."""
@@ -291,8 +378,16 @@ class Busd:
             self._journal.close()
             self._journal = None
         for sock in self._sockets:
+            if self._monitors:
+                sock.disable_monitor()
             sock.close(linger=CLOSE_LINGER_MS)
         self._sockets = []
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors = {}
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._own_context:
             self._context.term()
         ready_file = self.endpoints.ready_file
@@ -314,7 +409,14 @@ class Busd:
             self._drain_subscriptions()
         if self.router in events:
             self._drain_rpc()
+        for monitor in self._monitors:
+            if monitor in events:
+                self._drain_monitor(monitor)
         now = self._clock()
+        if self._auth is not None and now >= self._next_allowed_reload:
+            self._next_allowed_reload = now + ALLOWED_RELOAD_S
+            assert self.endpoints.curve is not None
+            self._auth.configure_curve(domain="*", location=str(self.endpoints.curve.keys_dir / "allowed"))
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_CHECK_S
             for worker, services in self.table.expire(now):
@@ -367,6 +469,27 @@ class Busd:
                 self.xsub.send(message)
                 log(logger, "subscription", logging.DEBUG, subscribe=bool(message[0]),
                     topic=_printable(message[1:]))
+
+    def _drain_monitor(self, monitor: zmq.Socket) -> None:
+        """A peer failed the CURVE handshake before the allow-list was asked (e.g. it has no key).
+        libzmq names only the listening endpoint here, not the peer."""
+        for _ in range(BATCH):
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(frames)
+            if not event["event"] & HANDSHAKE_FAILURES:
+                continue
+            endpoint = self._monitors[monitor]
+            value = int(event["value"])
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                detail = _event_name(value)  # a ZMQ_PROTOCOL_ERROR_* code, e.g. mechanism mismatch
+            else:
+                detail = errno.errorcode.get(value, str(value))  # NO_DETAIL carries an errno
+            reason = _event_name(event["event"])
+            self.refusals.refused(f"{endpoint}:{reason}", endpoint=endpoint, reason=reason, detail=detail,
+                                  msg="a peer failed the CURVE handshake (no key or a wrong server key?)")
 
     def _drain_rpc(self) -> None:
         for _ in range(BATCH):
@@ -566,6 +689,15 @@ def _service_name(raw: bytes) -> str:
     return name
 
 
+def _event_name(code: int) -> str:
+    """A monitor event (or protocol error) code as a readable name, e.g. ``handshake_failed_protocol``."""
+    try:
+        name = zmq.Event(code).name
+    except ValueError:
+        name = None
+    return name.lower() if name else str(int(code))
+
+
 def _printable(raw: bytes) -> str:
     """A topic or command frame, safe to put in a log line (truncated, never raises)."""
     return raw[:LOG_TOPIC_CHARS].decode("utf-8", errors="replace")
@@ -612,6 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(logger, "already_running", logging.CRITICAL, error=str(exc))
         busd.close()
         return EXIT_FATAL
+    except EndpointError as exc:  # tcp without CURVE, no server key, no allow-list
+        log(logger, "config_error", logging.CRITICAL, error=str(exc))
+        busd.close()
+        return EXIT_CONFIG
     except (zmq.ZMQError, OSError) as exc:
         log(logger, "bind_failed", logging.CRITICAL, error=f"{type(exc).__name__}: {exc}")
         busd.close()

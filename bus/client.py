@@ -36,6 +36,7 @@ from bus.errors import (
     CODE_DEADLINE,
     CODE_MALFORMED,
     CODE_UNKNOWN_SERVICE,
+    BusError,
     BusUnavailable,
     MalformedMessage,
     RemoteError,
@@ -52,6 +53,10 @@ SEND_RETRY_S = 0.05  # poll slice while waiting for busd to accept a request
 PROBE_PREFIX = "_probe."  # private topics used by Subscriber.wait_connected
 PROBE_EVERY_S = 0.05
 WORKER_CLOSE_LINGER_MS = 100  # enough for the BYE to leave
+IDEMPOTENT_ATTEMPTS = 4  # an idempotent call's deadline is split into at least this many attempts...
+IDEMPOTENT_ATTEMPT_MIN_S = 0.25  # ...each waiting at least this long for its reply
+RETRY_BASE_S = 0.05  # backoff between attempts: doubles from here...
+RETRY_CAP_S = 0.5  # ...up to here
 
 logger = logging.getLogger("bus.client")
 
@@ -140,9 +145,14 @@ class BusClient:
     def _socket(self, kind: int, **options: int) -> zmq.Socket:
         if self._closed:
             raise RuntimeError("bus client is closed")
+        curve = self.endpoints.curve
+        client_keys = curve.client_keys() if curve is not None else None  # raises if there is none
         sock = self.context.socket(kind)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name.upper()), value)
+        if curve is not None and client_keys is not None:
+            sock.curve_serverkey = curve.server_public
+            sock.curve_publickey, sock.curve_secretkey = client_keys
         return sock
 
     def _adopt(self, child: C) -> C:
@@ -381,27 +391,75 @@ class RpcClient:
         self.socket.connect(bus.endpoints.rpc)
         self.stale = 0  # replies to earlier, timed-out calls
         self.malformed = 0
+        self._early: Envelope | None = None  # a late reply caught while backing off
 
     def call(self, service: str, body: Message, *, timeout_s: float, session: str | None = None,
-             causation_id: str | None = None) -> Message:
+             causation_id: str | None = None, idempotent: bool = False) -> Message:
         """Send ``body`` to ``service`` and return the reply body.
 
         Raises ``RemoteError`` (by code: ``NoWorker``, ``UnknownService``, ...) for an error reply,
         ``RequestTimeout`` when no reply came in time (outcome unknown), ``BusUnavailable`` when
         the request could not even be sent (outcome known: nothing happened).
+
+        ``idempotent=True`` says that carrying the request out twice does no harm (snapshots,
+        bars, other reads). Only such requests are retried here, and only within ``timeout_s``
+        (the caller's deadline for the whole call): after an error whose type is ``retryable``
+        (``NoWorker`` while a worker restarts or appears late, ``BusUnavailable`` or
+        ``RequestTimeout`` while busd restarts and the request was lost with it), with a short
+        capped backoff. Each attempt waits at most ``timeout_s / IDEMPOTENT_ATTEMPTS`` (not less
+        than ``IDEMPOTENT_ATTEMPT_MIN_S``) for its reply, and a late reply to any attempt is
+        accepted. When time runs out the last error is raised.
+
+        The default (``False``) sends exactly once and raises at once: a command such as
+        ``SubmitOrder`` must not be resent blindly. Its callers retry explicitly, after asking
+        for the state or with a deterministic client order id that makes the resend safe.
         """
         return self.call_envelope(service, body, timeout_s=timeout_s, session=session,
-                                  causation_id=causation_id).body
+                                  causation_id=causation_id, idempotent=idempotent).body
 
     def call_envelope(self, service: str, body: Message, *, timeout_s: float,
-                      session: str | None = None, causation_id: str | None = None) -> Envelope:
+                      session: str | None = None, causation_id: str | None = None,
+                      idempotent: bool = False) -> Envelope:
         """Like ``call`` but returns the whole reply envelope."""
         deadline = time.monotonic() + timeout_s
+        deadline_ns = max(NO_DEADLINE + 1, now_ns() + int(timeout_s * 1e9))
+        if not idempotent:
+            return self._attempt(service, body, session, causation_id, deadline, deadline_ns, timeout_s, set())
+        attempt_s = max(IDEMPOTENT_ATTEMPT_MIN_S, timeout_s / IDEMPOTENT_ATTEMPTS)
+        sent: set[str] = set()  # message ids of every attempt: a late reply to any of them will do
+        attempt = 0
+        while True:
+            attempt += 1
+            attempt_deadline = min(deadline, time.monotonic() + attempt_s)
+            try:
+                return self._attempt(service, body, session, causation_id, attempt_deadline, deadline_ns,
+                                     timeout_s, sent)
+            except BusError as exc:
+                delay = retry_delay(attempt, exc)
+                if delay is None or time.monotonic() + delay >= deadline:
+                    if attempt > 1:
+                        log(logger, "retries_exhausted", logging.WARNING, service=service, type=body.TYPE,
+                            attempts=attempt, error=type(exc).__name__)
+                    raise
+                log(logger, "retrying", logging.INFO, service=service, type=body.TYPE, attempt=attempt,
+                    error=type(exc).__name__, retry_in_s=round(delay, 3))
+            self._wait_for_reply(sent, delay)
+            if self._early is not None:
+                reply, self._early = self._early, None
+                return reply
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close()
+
+    def _attempt(self, service: str, body: Message, session: str | None, causation_id: str | None,
+                 deadline: float, deadline_ns: int, timeout_s: float, sent: set[str]) -> Envelope:
+        """Send once and wait for the reply to this or an earlier attempt until ``deadline``."""
         request = self.bus.envelope(service, body, session=session, causation_id=causation_id)
         data = encode(request)
-        deadline_ns = max(NO_DEADLINE + 1, now_ns() + int(timeout_s * 1e9))
         frames = [PROTOCOL, REQ, service.encode(), deadline_ns.to_bytes(DEADLINE_BYTES, "big"), data]
         self._send(frames, deadline, service, timeout_s)
+        sent.add(request.message_id)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.socket.poll(math.ceil(remaining * 1000)):
@@ -411,16 +469,30 @@ class RpcClient:
                 reply_frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 continue
-            reply = self._reply(reply_frames, request.message_id)
+            reply = self._reply(reply_frames, sent)
             if reply is None:
                 continue
             if isinstance(reply.body, ErrorReply):
                 raise RemoteError.from_reply(reply.body.code, reply.body.message)
             return reply
 
-    def close(self) -> None:
-        if not self.socket.closed:
-            self.socket.close()
+    def _wait_for_reply(self, sent: set[str], seconds: float) -> None:
+        """Back off for ``seconds``, but keep a (late) good reply to an earlier attempt in ``_early``."""
+        until = time.monotonic() + seconds
+        while (remaining := until - time.monotonic()) > 0:
+            if not self.socket.poll(math.ceil(remaining * 1000)):
+                return
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            try:
+                reply = self._reply(frames, sent)
+            except RemoteError:
+                continue  # a malformed late reply: the next attempt asks again
+            if reply is not None and not isinstance(reply.body, ErrorReply):
+                self._early = reply
+                return
 
     def _send(self, frames: list[bytes], deadline: float, service: str, timeout_s: float) -> None:
         while True:
@@ -434,7 +506,7 @@ class RpcClient:
                                          f"{timeout_s}s (is busd running?); nothing was sent") from None
                 self.socket.poll(math.ceil(min(remaining, SEND_RETRY_S) * 1000), zmq.POLLOUT)
 
-    def _reply(self, frames: list[bytes], message_id: str) -> Envelope | None:
+    def _reply(self, frames: list[bytes], message_ids: set[str]) -> Envelope | None:
         if len(frames) != 3 or frames[0] != PROTOCOL or frames[1] != REP:
             self.malformed += 1
             log(logger, "malformed", logging.WARNING, channel="rpc_client",
@@ -445,13 +517,21 @@ class RpcClient:
         except MalformedMessage as exc:
             self.malformed += 1
             log(logger, "malformed", logging.WARNING, channel="rpc_client", reason=exc.reason, source=exc.source)
-            if exc.correlation_id == message_id:
+            if exc.correlation_id in message_ids:
                 raise RemoteError.from_reply(CODE_MALFORMED, f"the reply was malformed: {exc.reason}") from None
             return None
-        if reply.correlation_id != message_id:
+        if reply.correlation_id not in message_ids:
             self.stale += 1
             return None
         return reply
+
+
+def retry_delay(attempt: int, exc: BusError) -> float | None:
+    """How long to wait before attempt ``attempt + 1`` of an idempotent call, or None: give up.
+    Pure; whether to retry at all is the exception type's ``retryable``."""
+    if not exc.retryable:
+        return None
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,15 @@ def marketdata_service(session: str) -> str:
     return f"marketdata.{_seg('session', session)}"
 
 
+def strategy_service(session: str) -> str:
+    """The strategy process of a session answers ``RollRequest`` and ``FlattenRequest``."""
+    return f"strategy.{_seg('session', session)}"
+
+
+CONTROL_SERVICE = "control"
+"""Operator commands (``OperatorCommand``), answered by any reconciler worker."""
+
+
 # ------------------------------------------------------------------ matching
 
 

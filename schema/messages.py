@@ -172,6 +172,64 @@ class BarsReply(Message, kw_only=True):
     bars: list[BarClosed]
 
 
+class SwitchContract(Message, kw_only=True):
+    """Ask a session's market-data process to stream ``symbol`` from now on (the last phase of a
+    contract roll). Idempotent: asking for the contract already streamed just answers."""
+
+    TYPE = "md.switch"
+    session: str
+    symbol: str
+
+
+class ContractSwitched(Message, kw_only=True):
+    TYPE = "md.switch.reply"
+    symbol: str
+    bars: int
+
+
+# ---------------------------------------------------------------- operator commands (requests)
+
+
+class RollRequest(Message, kw_only=True):
+    """Roll the session to ``to_contract`` (default: the contract after the one it trades)."""
+
+    TYPE = "session.roll"
+    session: str
+    to_contract: str | None = None
+
+
+class FlattenRequest(Message, kw_only=True):
+    """Halt the session, cancel its working orders, and close its position."""
+
+    TYPE = "session.flatten"
+    session: str
+    reason: str = "flatten requested by operator"
+
+
+class OperatorCommand(Message, kw_only=True):
+    """``tradebus sessions halt|resume|ack|flatten|roll|remove`` sent over the bus to ``control``.
+
+    ``choice`` is ack's ``resume_roll`` / ``abort_roll`` when a roll is mid-way; ``force`` is
+    remove's ``--force``; ``to_contract`` is roll's target."""
+
+    TYPE = "operator.command"
+    command: str
+    session: str
+    reason: str = ""
+    choice: str | None = None
+    force: bool = False
+    to_contract: str | None = None
+
+
+class CommandDone(Message, kw_only=True):
+    """What an operator command did, in words an operator reads (the reply to several requests)."""
+
+    TYPE = "operator.done"
+    session: str
+    state: str
+    text: str
+
+
 class ErrorReply(Message, kw_only=True):
     """Any request can be answered with this. ``code`` is a stable machine-readable name."""
 
@@ -198,6 +256,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         AccountSnapshot,
         BarsRequest,
         BarsReply,
+        SwitchContract,
+        ContractSwitched,
+        RollRequest,
+        FlattenRequest,
+        OperatorCommand,
+        CommandDone,
         ErrorReply,
     )
 }

@@ -60,7 +60,8 @@ class _Commands(click.Group):
     """Tool commands (benchmarks, chaos, journal) are imported only when asked for: every engine
     process starts through this module, and should not pay for them."""
 
-    LAZY = {"bench": "services.bench", "chaos": "services.chaos", "journal": "services.journal_cli"}
+    LAZY = {"bench": "services.bench", "chaos": "services.chaos", "journal": "services.journal_cli",
+            "keys": "services.keys_cli"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
@@ -207,7 +208,8 @@ def status(root: str | None, as_json: bool) -> None:
                  for p in supervisor.processes(config)]
     store = _store(config)
     try:
-        sessions = [{"name": s.name, "state": str(s.state), "reason": s.state_reason, "strategy": s.strategy,
+        sessions = [{"name": s.name, "state": str(s.state), "heat": str(s.heat_state), "reason": s.state_reason,
+                     "strategy": s.strategy,
                      "contract": s.contract, "account": s.account, "data_source": s.data_source}
                     for s in store.list_sessions()]
         positions = [_position_row(p) for p in store.positions()]
@@ -222,7 +224,8 @@ def status(root: str | None, as_json: bool) -> None:
     console.print(f"supervisord: {'running' if running else 'stopped'} ({config.paths.root})")
     if procs:
         console.print(_table("Processes", procs, ["name", "state", "pid", "description"]))
-    console.print(_table("Sessions", sessions, ["name", "state", "reason", "strategy", "contract", "account"]))
+    console.print(_table("Sessions", sessions, ["name", "state", "heat", "reason", "strategy", "contract",
+                                                "account"]))
     console.print(_table("Positions", positions, ["session", "symbol", "quantity", "avg_price"]))
     console.print(_table("Open orders", orders, ["client_order_id", "symbol", "side", "quantity", "filled",
                                                  "status"]))
@@ -345,20 +348,24 @@ def sessions_add(root: str | None, name: str, strategy: str, symbol: str, params
         console.print(f"session {session.name} added ({session.contract}); it starts with `tradebus up`")
 
 
-def _session_event(root: str | None, name: str, event: str, reason: str) -> str:
-    from schema.errors import IllegalTransition, SessionNotFound
-    from schema.session_fsm import SessionEvent
+def _operate(root: str | None, action) -> None:
+    """Run an operator command (``services.operator``) and print what it did."""
+    from bus.client import BusClient
+    from bus.endpoints import Endpoints
+    from services.operator import CommandRefused
 
     config = _config(root)
     store = _store(config)
+    bus = BusClient(Endpoints.for_state_dir(config.paths.state), source="cli")
     try:
-        return str(store.transition_session(name, SessionEvent(event), reason=reason, now_ns=_now_ns()).state)
-    except SessionNotFound:
-        raise click.ClickException(f"no session named {name!r}") from None
-    except IllegalTransition as exc:
+        publisher = bus.publisher() if (config.paths.state / "bus" / "busd.ready").exists() else None
+        outcome = action(config, store, publisher, bus.rpc_client())
+    except CommandRefused as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        bus.close()
         store.close()
+    console.print(outcome.text)
 
 
 @sessions.command("halt")
@@ -367,7 +374,9 @@ def _session_event(root: str | None, name: str, event: str, reason: str) -> str:
 @click.option("--reason", default="halted by operator", show_default=True)
 def sessions_halt(root: str | None, name: str, reason: str) -> None:
     """Stop adding risk: only cancels and risk-reducing orders go out until `resume`."""
-    console.print(f"session {name} is {_session_event(root, name, 'halt', reason)}")
+    from services import operator
+
+    _operate(root, lambda config, store, pub, rpc: operator.halt(store, pub, name, reason))
 
 
 @sessions.command("resume")
@@ -375,40 +384,46 @@ def sessions_halt(root: str | None, name: str, reason: str) -> None:
 @click.argument("name")
 def sessions_resume(root: str | None, name: str) -> None:
     """Leave a halt: the session trades again."""
-    console.print(f"session {name} is {_session_event(root, name, 'resume', 'resumed by operator')}")
+    from services import operator
+
+    _operate(root, lambda config, store, pub, rpc: operator.resume(store, pub, name))
 
 
 @sessions.command("ack")
 @root_option
 @click.argument("name")
-def sessions_ack(root: str | None, name: str) -> None:
+@click.option("--resume-roll", "choice", flag_value="resume_roll", help="A roll was mid-way: finish it.")
+@click.option("--abort-roll", "choice", flag_value="abort_roll",
+              help="A roll was mid-way: stop it and stay on the old contract (only before the new one is traded).")
+def sessions_ack(root: str | None, name: str, choice: str | None) -> None:
     """An operator has looked: take the session out of needs_operator and restart its group, which
     reconciles with the broker again before it trades (and escalates again if still in doubt)."""
-    from schema.errors import IllegalTransition, SessionNotFound
-    from schema.session_fsm import SessionEvent
-    from services import supervisor
+    from services import operator
 
-    config = _config(root)
-    store = _store(config)
-    try:
-        session = store.get_session(name)
-        if str(session.state) != "needs_operator":
-            raise click.ClickException(f"session {name} is {session.state}, not needs_operator: nothing to ack")
-        store.transition_session(name, SessionEvent.ACK, reason=f"acknowledged by operator "
-                                 f"(was: {session.state_reason})", now_ns=_now_ns())
-    except SessionNotFound:
-        raise click.ClickException(f"no session named {name!r}") from None
-    except IllegalTransition as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
-    if supervisor.is_running(config):
-        proxy = supervisor.rpc(config)
-        proxy.supervisor.stopProcessGroup(supervisor.group_name(name), True)
-        proxy.supervisor.startProcessGroup(supervisor.group_name(name), False)
-        console.print(f"session {name} acknowledged; its group is restarting")
-    else:
-        console.print(f"session {name} acknowledged; it starts with `tradebus up`")
+    _operate(root, lambda config, store, pub, rpc: operator.ack(config, store, pub, name, choice))
+
+
+@sessions.command("flatten")
+@root_option
+@click.argument("name")
+@click.option("--reason", default="flatten requested by operator", show_default=True)
+def sessions_flatten(root: str | None, name: str, reason: str) -> None:
+    """Halt the session, cancel its working orders and close its position (needs it running)."""
+    from services import operator
+
+    _operate(root, lambda config, store, pub, rpc: operator.flatten(store, rpc, name, reason))
+
+
+@sessions.command("roll")
+@root_option
+@click.argument("name")
+@click.option("--to", "to_contract", default=None, help="Target contract (default: the next listed one).")
+def sessions_roll(root: str | None, name: str, to_contract: str | None) -> None:
+    """Roll the session's position to the next contract now (rolls also start by themselves on the
+    instrument's roll date)."""
+    from services import operator
+
+    _operate(root, lambda config, store, pub, rpc: operator.roll(store, rpc, name, to_contract))
 
 
 @sessions.command("remove")
@@ -421,29 +436,9 @@ def sessions_remove(root: str | None, name: str, force: bool) -> None:
     Refused while the session has open orders or a position, unless --force: a session removed
     with live risk would leave that risk with nobody watching it.
     """
-    from schema.errors import SessionNotFound
-    from services import supervisor
+    from services import operator
 
-    config = _config(root)
-    store = _store(config)
-    try:
-        try:
-            session = store.get_session(name)
-        except SessionNotFound:
-            raise click.ClickException(f"no session named {name!r}") from None
-        open_orders = store.open_orders(name)
-        position = store.get_position(name, session.contract).quantity
-        if (open_orders or position) and not force:
-            raise click.ClickException(
-                f"session {name} has {len(open_orders)} open order(s) and position {position} in "
-                f"{session.contract}: flatten it first, or pass --force")
-        if supervisor.is_running(config):
-            supervisor.remove_group(config, name)
-        config.paths.session_group_file(name).unlink(missing_ok=True)
-        store.remove_session(name, force=force, now_ns=_now_ns())
-    finally:
-        store.close()
-    console.print(f"session {name} removed")
+    _operate(root, lambda config, store, pub, rpc: operator.remove(config, store, name, force=force))
 
 
 # ---------------------------------------------------------------------------- processes

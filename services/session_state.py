@@ -26,9 +26,15 @@ def apply_session_event(store: Any, publisher: Any, name: str, event: SessionEve
         log(log_to, "session_state", session=name, state=str(state), previous=str(previous),
             event=str(event), reason=reason)
     if publisher is not None:
-        publisher.publish(topics.session(name), m.SessionStateChanged(
-            session=name, state=str(state), previous=str(previous), reason=reason), session=name)
+        announce(publisher, name, str(state), str(previous), reason)
     return state
+
+
+def announce(publisher: Any, name: str, state: str, previous: str, reason: str) -> None:
+    """Publish a committed state change on ``session.<name>`` (for changes the store made as part
+    of a larger transaction, such as a roll's first and last phase)."""
+    publisher.publish(topics.session(name), m.SessionStateChanged(
+        session=name, state=state, previous=previous, reason=reason), session=name)
 
 
 def escalate(store: Any, name: str, reason: str, now_ns: int, publisher: Any = None) -> SessionState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any
 
-from brokers.instruments import canonical_root, front_contract, instrument
+from brokers.instruments import canonical_root, front_contract, instrument, next_contract
 from services.config import DEMO_ACCOUNT, DEMO_SESSIONS, Config, ConfigError, validate_session_name
 from services.strategy.core import ParamError
 from services.strategy.registry import get_strategy
@@ -75,5 +75,10 @@ def seed_demo(store: Any, config: Config, now_ns: int) -> list[str]:
 
 
 def venue_symbols(now_ns: int) -> list[str]:
-    """The contracts the demo simulator lists: the front month of each canonical futures root."""
-    return [front_contract(root, today_utc(now_ns)) for root in ("ES", "NQ", "6E", "CL", "GC")]
+    """The contracts the demo simulator lists: the front month of each canonical futures root and
+    the one after it (the contract a roll moves to)."""
+    symbols = []
+    for root in ("ES", "NQ", "6E", "CL", "GC"):
+        front = front_contract(root, today_utc(now_ns))
+        symbols += [front, next_contract(front)]
+    return symbols

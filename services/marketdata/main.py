@@ -27,6 +27,9 @@ from services.sessions import account_config
 HISTORY_BARS = 500
 POLL_MS = 100
 STREAM_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+STREAM_SWITCH_JOIN_S = 3.0
+"""How long a contract switch waits for the old stream to end (it ends at its next bar or
+heartbeat, which the simulator sends every second)."""
 
 
 class MarketDataService:
@@ -45,8 +48,7 @@ class MarketDataService:
 
     def run(self) -> None:
         self._load_history()
-        streamer = threading.Thread(target=self._stream, name="bar-stream", daemon=True)
-        streamer.start()
+        self._start_stream()
         worker = self.bus.rpc_worker(topics.marketdata_service(self.session.name))
         poller = zmq.Poller()
         poller.register(worker.socket, zmq.POLLIN)
@@ -56,15 +58,41 @@ class MarketDataService:
                     while (request := worker.recv(timeout_ms=0)) is not None:
                         worker.reply(request, self._answer(request.envelope.body))
                 worker.heartbeat()
-                if not streamer.is_alive() and not self.shell.stopping:
+                if not self.streamer.is_alive() and not self.shell.stopping:
                     raise RuntimeError("bar stream thread died")
         finally:
             self.shell.request_stop()
-            streamer.join(timeout=5)
+            self.stream_stop.set()
+            self.streamer.join(timeout=5)
             self.bus.close()
             self.broker.close()
 
+    def _start_stream(self) -> None:
+        self.stream_stop = threading.Event()
+        self.streamer = threading.Thread(target=self._stream, args=(self.stream_stop,), name="bar-stream", daemon=True)
+        self.streamer.start()
+
+    def _switch(self, body: m.SwitchContract) -> m.Message:
+        """The last phase of a roll: stream ``body.symbol`` instead (idempotent)."""
+        if body.session != self.session.name:
+            return m.ErrorReply(code="wrong_session", message=f"this is marketdata.{self.session.name}")
+        if body.symbol != self.symbol:
+            self.stream_stop.set()
+            self.streamer.join(timeout=STREAM_SWITCH_JOIN_S)
+            if self.streamer.is_alive():
+                return m.ErrorReply(code="busy", message=f"the {self.symbol} stream did not stop; ask again")
+            previous = self.symbol
+            self.symbol = body.symbol
+            self.topic = topics.bar(self.symbol, self.interval)
+            self.book = BarBook()
+            self._load_history()
+            self._start_stream()
+            log(self.log, "contract_switched", previous=previous, symbol=self.symbol)
+        return m.ContractSwitched(symbol=self.symbol, bars=len(self.book.after(0)))
+
     def _answer(self, body: m.Message) -> m.Message:
+        if isinstance(body, m.SwitchContract):
+            return self._switch(body)
         if not isinstance(body, m.BarsRequest):
             return m.ErrorReply(code="unsupported", message=f"marketdata does not handle {body.TYPE!r}")
         if (body.symbol, body.interval) != (self.symbol, self.interval):
@@ -79,29 +107,32 @@ class MarketDataService:
         self.book.extend(bar_message(b) for b in bars)
         log(self.log, "history_loaded", symbol=self.symbol, bars=len(bars), last_index=self.book.last_index)
 
-    def _stream(self) -> None:
-        """Runs on its own thread with its own publisher socket (ZeroMQ sockets are per thread)."""
+    def _stream(self, stop: threading.Event) -> None:
+        """Runs on its own thread with its own publisher socket (ZeroMQ sockets are per thread).
+        ``stop``: this stream's end (a contract switch), as opposed to the process's."""
         publisher = self.bus.publisher()
         attempt = 0
+        symbol, topic, book = self.symbol, self.topic, self.book
         try:
-            while not self.shell.stopping:
+            while not self.shell.stopping and not stop.is_set():
                 try:
-                    for bar in self.broker.stream_bars(self.symbol, self.interval, after_index=self.book.last_index):
-                        if self.shell.stopping:
+                    for bar in self.broker.stream_bars(symbol, self.interval, after_index=book.last_index):
+                        if self.shell.stopping or stop.is_set():
                             return
                         attempt = 0
                         if bar is None:
                             continue  # keep-alive
                         message = bar_message(bar)
-                        if self.book.add(message):
-                            publisher.publish(self.topic, message, session=self.session.name, event_ns=bar.ts_ns)
+                        if book.add(message):
+                            publisher.publish(topic, message, session=self.session.name, event_ns=bar.ts_ns)
                 except BrokerError as exc:
                     attempt += 1
                     delay = STREAM_BACKOFF.delay(attempt) or STREAM_BACKOFF.cap_s
-                    log(self.log, "stream_reconnect", level=logging.WARNING, symbol=self.symbol,
+                    log(self.log, "stream_reconnect", level=logging.WARNING, symbol=symbol,
                         error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3),
-                        resume_after_index=self.book.last_index)
-                    self.shell.pause(delay)
+                        resume_after_index=book.last_index)
+                    if stop.wait(delay):
+                        return
         except Stopping:
             return
         finally:

@@ -8,6 +8,9 @@ is repaired to the broker's number (the broker is the truth for positions) with 
 an order open locally but finished at the broker takes the broker's state. Everything changed is
 announced on ``reconcile.<session>``.
 
+Between rounds every worker also answers ``control``: operator commands sent over the bus
+(``OperatorCommand``, carried out by ``services.operator`` exactly as the CLI does them).
+
 Orders still being sent (``pending_submit``, ``submitted``, ``unknown``) belong to the account
 service, which settles them by client order id; the reconciler leaves them alone.
 """
@@ -17,6 +20,8 @@ import logging
 import time
 from decimal import Decimal
 
+import zmq
+
 from brokers.errors import BrokerError
 from brokers.registry import build_facade
 from bus import topics
@@ -25,11 +30,13 @@ from bus.logs import log
 from schema import messages as m
 from schema.enums import OrderStatus
 from services.account.core import WORKING, adoption_events
+from services import operator
 from services.reconciler.core import compare
 from services.runtime import ProcessShell
 from services.sessions import account_config
 
 RECHECKS = 3
+CONTROL_POLL_MS = 200
 # A broker's fill feed can lag its positions. A difference is repaired only once the very same
 # difference has been seen for this long; a fill that was merely late arrives well within it.
 REPAIR_AFTER_S = 3.0
@@ -49,16 +56,45 @@ class Reconciler:
         self.suspect: dict[str, tuple[Decimal, Decimal, float]] = {}
 
     def run(self) -> None:
+        self.control = self.bus.rpc_worker(topics.CONTROL_SERVICE)
+        self.rpc = self.bus.rpc_client()
         try:
             while not self.shell.stopping:
                 started = time.monotonic()
                 self.round()
-                self.shell.pause(max(0.0, self.interval_s - (time.monotonic() - started)))
+                self._serve_control(until=started + self.interval_s)
         finally:
             for broker in self.brokers.values():
                 broker.close()
             self.bus.close()
             self.store.close()
+
+    def _serve_control(self, *, until: float) -> None:
+        """Answer operator commands until the monotonic time ``until``."""
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        while not self.shell.stopping:
+            self.control.heartbeat()
+            left_ms = int((until - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            if not dict(poller.poll(min(left_ms, CONTROL_POLL_MS))):
+                continue
+            while (request := self.control.recv(timeout_ms=0)) is not None:
+                self.control.reply(request, self._command(request.envelope.body))
+
+    def _command(self, body: m.Message) -> m.Message:
+        if not isinstance(body, m.OperatorCommand):
+            return m.ErrorReply(code="unsupported", message=f"control does not handle {body.TYPE!r}")
+        try:
+            outcome = operator.execute(self.shell.config, self.store, self.publisher, self.rpc, body)
+        except operator.CommandRefused as exc:
+            log(self.log, "command_refused", level=logging.WARNING, command=body.command, session=body.session,
+                error=str(exc))
+            return m.ErrorReply(code="refused", message=str(exc))
+        log(self.log, "command_done", level=logging.WARNING, command=body.command, session=body.session,
+            text=outcome.text)
+        return outcome.message()
 
     def round(self) -> None:
         sessions = self.store.list_sessions()
@@ -96,7 +132,7 @@ class Reconciler:
             changes += self._book_missing_fills(session, broker, prefix)
             db_position = self.store.get_position(session.name, session.contract).quantity
             db_open = [o.client_order_id for o in self.store.open_orders(session.name)
-                       if OrderStatus(o.status) in WORKING]
+                       if OrderStatus(o.status) in WORKING and o.symbol == session.contract]
             discrepancy = compare(broker_position=broker_position, db_position=db_position,
                                   broker_open=broker_open, db_open=db_open, our_prefix=prefix)
             if discrepancy.clean:

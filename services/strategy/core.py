@@ -6,7 +6,8 @@ replayed journal, or on a CSV file.
 
 Events (inputs): ``BarEvent`` (a closed bar; ``live`` is False for catch-up history, which updates
 indicators but never trades), ``PositionSnapshot`` (the account's truth at start or after a resync),
-``OrderEvent`` (an order of this session changed). Instructions (outputs, imperative): ``Submit``,
+``OrderEvent`` (an order of this session changed), ``ContractRolled`` and ``Flatten`` (operator
+and roll procedures, see ``services.rolls``). Instructions (outputs, imperative): ``Submit``,
 ``Cancel``, ``Log``. Each ``Submit`` carries a ``signal`` number from the persisted state; the
 account service derives the client order id from (session, signal), so an instruction that is
 executed twice still makes one order.
@@ -62,7 +63,24 @@ class OrderEvent:
     status: str
 
 
-Event = BarEvent | PositionSnapshot | OrderEvent
+@dataclass(frozen=True)
+class ContractRolled:
+    """The session's position now sits on ``symbol`` (a contract roll finished). Price history of
+    the old contract says little about the new one: strategies restart their indicators, which the
+    catch-up that follows refills from the new contract's bars."""
+
+    symbol: str
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """An operator asked for a flat position (``tradebus sessions flatten``)."""
+
+    symbol: str
+    reason: str
+
+
+Event = BarEvent | PositionSnapshot | OrderEvent | ContractRolled | Flatten
 
 
 # ---------------------------------------------------------------------------- instructions

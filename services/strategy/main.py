@@ -8,12 +8,18 @@ and the account service turns a repeated signal into the same single order.
 
 Start: restore the persisted state → subscribe to bars and order updates → ask the account for its
 snapshot (position and working orders) → catch up on bars missed while down (history: indicators
-only, never trades) → trade on live bars.
+only, never trades) → take up a roll an operator chose to resume → trade on live bars.
+
+The process also answers ``strategy.<session>``: ``RollRequest`` and ``FlattenRequest`` (operator
+commands). Contract rolls (``services.rolls``) run here because the strategy is the one process
+that sends a session's orders; a roll also starts by itself on the first live bar of the roll date.
 """
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import zmq
@@ -24,19 +30,28 @@ from bus.errors import BusError, UnknownService
 from bus.logs import log
 from schema import messages as m
 from schema.enums import SessionState
+from schema.enums import OrderStatus, RollPhase
+from schema.records import RollInfo
+from services import rolls
 from services.convert import bar_event, order_event, snapshot_event
 from services.retry import Backoff
 from services.runtime import ProcessShell
-from services.session_state import apply_session_event
+from services.session_state import announce, apply_session_event, escalate
+from services.testhooks import crash_point
 from schema.errors import IllegalTransition
 from schema.session_fsm import SessionEvent
-from services.strategy.core import Cancel, Event, Instruction, Log, Submit
+from services.strategy.core import Cancel, ContractRolled, Event, Flatten, Instruction, Log, Submit
 from services.strategy.registry import get_strategy
 
 RPC_TIMEOUT_S = 5.0
 POLL_MS = 100
 OPERATOR_POLL_S = 1.0
 OUTBOX_RETRY = Backoff(base_s=0.2, cap_s=5.0)
+ROLL_POLL_S = 0.1
+ROLL_STEP_TIMEOUT_S = 60.0
+"""A roll phase that makes no progress for this long (an order that never fills, a market-data
+process that never answers) sends the session to the operator instead of waiting forever."""
+FLATTEN_CANCEL_TIMEOUT_S = 15.0
 
 
 class StrategyService:
@@ -61,15 +76,18 @@ class StrategyService:
         self.account = topics.account_service(session_name)
         self.outbox_attempt = 0
         self.outbox_due = 0.0
+        self.subscriber: Any = None
+        self.worker: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
-        subscriber = self.bus.subscriber([self.bar_topic, topics.order(self.session.name)],
-                                         on_gap=self._on_gap)
+        subscriber = self.subscriber = self.bus.subscriber([self.bar_topic, topics.order(self.session.name)],
+                                                           on_gap=self._on_gap)
+        self.worker = self.bus.rpc_worker(topics.strategy_service(self.session.name))
         try:
-            while not self._reconciled():
-                pass  # escalated to needs_operator while reconciling: wait for the operator again
+            while not self._reconciled() or not self._resume_roll():
+                pass  # escalated to needs_operator: wait for the operator again
             self._loop(subscriber)
         finally:
             if self.shell.stopping:
@@ -99,10 +117,15 @@ class StrategyService:
     def _loop(self, subscriber) -> None:
         poller = zmq.Poller()
         poller.register(subscriber.socket, zmq.POLLIN)
+        poller.register(self.worker.socket, zmq.POLLIN)
         while not self.shell.stopping:
-            if dict(poller.poll(POLL_MS)):
+            ready = dict(poller.poll(POLL_MS))
+            if subscriber.socket in ready:
                 while (envelope := subscriber.recv(timeout_ms=0)) is not None:
                     self._on_message(envelope.body)
+            if self.worker.socket in ready:
+                self._serve_requests()
+            self.worker.heartbeat()
             if self.outbox and time.monotonic() >= self.outbox_due:
                 self._drain_outbox(block=False)
 
@@ -110,8 +133,182 @@ class StrategyService:
         if isinstance(body, m.BarClosed):
             if body.symbol == self.session.contract and body.interval == self.session.interval:
                 self._decide(bar_event(body, live=True), persist=True)
+                self._roll_if_due(body.ts_ns)
         elif isinstance(body, m.OrderUpdated) and body.session == self.session.name:
-            self._decide(order_event(body), persist=True)
+            if not rolls.is_roll_signal(body.signal):  # roll legs are not the strategy's orders
+                self._decide(order_event(body), persist=True)
+
+    # ------------------------------------------------------------------ operator requests
+
+    def _serve_requests(self) -> None:
+        after: list[Any] = []
+        while (request := self.worker.recv(timeout_ms=0)) is not None:
+            body = request.envelope.body
+            try:
+                if isinstance(body, m.RollRequest):
+                    reply, then = self._begin_roll_request(body)
+                elif isinstance(body, m.FlattenRequest):
+                    reply, then = self._flatten(body.reason), None
+                else:
+                    reply, then = m.ErrorReply(code="unsupported",
+                                               message=f"strategy does not handle {body.TYPE!r}"), None
+            except (ValueError, IllegalTransition) as exc:
+                reply, then = m.ErrorReply(code="refused", message=str(exc)), None
+            self.worker.reply(request, reply)
+            if then is not None:
+                after.append(then)
+        for work in after:  # long work (a roll) runs after its requester has its answer
+            work()
+
+    def _begin_roll_request(self, body: m.RollRequest) -> tuple[m.Message, Any]:
+        if body.session != self.session.name:
+            raise ValueError(f"this is strategy.{self.session.name}, not {body.session}")
+        target = rolls.check_roll_target(self.session.contract, body.to_contract)
+        roll = self._begin_roll(target, "roll requested by operator")
+        return (m.CommandDone(session=self.session.name, state="rolling",
+                              text=f"roll {roll.id} {roll.from_contract} -> {roll.to_contract} started"),
+                lambda: self._run_roll(roll))
+
+    def _flatten(self, reason: str) -> m.Message:
+        """Halt, cancel every working order (and wait until they are gone), then close the position
+        through the strategy's own book, so its target stays the truth."""
+        state = SessionState(self.store.get_session(self.session.name).state)
+        if state is SessionState.TRADING:
+            self._event(SessionEvent.HALT, f"flatten: {reason}")
+        elif state is not SessionState.HALTED:
+            raise ValueError(f"session {self.session.name} is {state}: flatten needs trading or halted")
+        open_orders = [o for o in self.store.open_orders(self.session.name) if not rolls.is_roll_signal(o.signal)]
+        for order in open_orders:
+            self._order_reply(self._call_until_answered(
+                self.account, m.CancelOrder(session=self.session.name, client_order_id=order.client_order_id)))
+        deadline = time.monotonic() + FLATTEN_CANCEL_TIMEOUT_S
+        while self.store.open_orders(self.session.name):
+            if time.monotonic() > deadline:
+                raise ValueError(f"orders still open {FLATTEN_CANCEL_TIMEOUT_S:.0f} s after cancelling; "
+                                 "the session stays halted — look at `tradebus orders`")
+            self.shell.pause(ROLL_POLL_S)
+        snapshot = self._call_until_answered(self.account, m.AccountSnapshotRequest(session=self.session.name))
+        self._decide(snapshot_event(snapshot), persist=True)
+        self._decide(Flatten(symbol=self.session.contract, reason=reason), persist=True)
+        return m.CommandDone(session=self.session.name, state="halted",
+                             text=f"cancelled {len(open_orders)} order(s); closing position {snapshot.position} "
+                                  f"{self.session.contract}; the session stays halted until `resume`")
+
+    def _order_reply(self, reply: m.Message) -> None:
+        if isinstance(reply, m.OrderReply) and not rolls.is_roll_signal(reply.order.signal):
+            self._decide(order_event(reply.order), persist=True)
+
+    # ------------------------------------------------------------------ contract rolls
+
+    def _roll_if_due(self, bar_ts_ns: int) -> None:
+        day = datetime.fromtimestamp(bar_ts_ns / 1e9, tz=UTC).date()
+        target = rolls.roll_target(self.session.contract, day)
+        if target is None or SessionState(self.store.get_session(self.session.name).state) is not SessionState.TRADING:
+            return
+        self._run_roll(self._begin_roll(target, f"roll date of {self.session.contract} reached ({day})"))
+
+    def _begin_roll(self, target: str, reason: str) -> RollInfo:
+        roll = self.store.start_roll(self.session.name, from_contract=self.session.contract, to_contract=target,
+                                     reason=reason, now_ns=now_ns())
+        self._announce("rolling", "trading", reason)
+        log(self.log, "roll_started", roll=roll.id, from_contract=roll.from_contract, to_contract=roll.to_contract,
+            reason=reason)
+        return roll
+
+    def _resume_roll(self) -> bool:
+        """After reconciling: take up a roll an operator chose to resume (``ack --resume-roll``).
+        False if the roll got stuck and the session went back to the operator."""
+        roll = self.store.active_roll(self.session.name)
+        if roll is None:
+            return True
+        roll = self.store.resume_roll(self.session.name, now_ns=now_ns())
+        self._announce("rolling", "trading", f"resuming roll {roll.id} at phase {roll.phase}")
+        log(self.log, "roll_resumed", roll=roll.id, phase=str(roll.phase))
+        return self._run_roll(roll)
+
+    def _run_roll(self, roll: RollInfo) -> bool:
+        """Execute the roll's steps until it is done (True) or stuck (False: needs_operator)."""
+        crash_point(f"strategy.roll.{roll.phase}")  # a boundary: the phase is committed, no step taken
+        data_switched = False
+        progress_at = time.monotonic()
+        waiting = ""
+        while not self.shell.stopping:
+            self.worker.heartbeat()
+            facts = self._roll_facts(roll, data_switched)
+            step = rolls.next_step(facts)
+            if isinstance(step, rolls.Advance):
+                roll = self.store.set_roll_phase(roll.id, step.to, now_ns=now_ns())
+                log(self.log, "roll_phase", roll=roll.id, phase=str(roll.phase))
+                progress_at, waiting = time.monotonic(), ""
+                if roll.phase is RollPhase.DONE:
+                    self._announce("trading", "rolling", f"rolled {roll.from_contract} -> {roll.to_contract}")
+                    self._switched_to(roll.to_contract)
+                    crash_point("strategy.roll.done")
+                    return True
+                crash_point(f"strategy.roll.{roll.phase}")
+            elif isinstance(step, rolls.CancelOrders):
+                for cid in step.client_order_ids:
+                    self._order_reply(self._call_until_answered(
+                        self.account, m.CancelOrder(session=self.session.name, client_order_id=cid)))
+                self.shell.pause(ROLL_POLL_S)
+            elif isinstance(step, rolls.SubmitLeg):
+                log(self.log, "roll_leg", roll=roll.id, leg=step.leg.name.lower(), symbol=step.symbol,
+                    side=str(step.side), quantity=str(step.quantity))
+                self._call_until_answered(self.account, m.SubmitOrder(
+                    session=self.session.name, signal=step.signal, symbol=step.symbol, side=str(step.side),
+                    order_type="market", quantity=step.quantity))
+                crash_point(f"strategy.roll.{step.leg.name.lower()}_sent")
+            elif isinstance(step, rolls.SwitchData):
+                reply = self._call_until_answered(topics.marketdata_service(self.session.name),
+                                                  m.SwitchContract(session=self.session.name, symbol=step.symbol))
+                log(self.log, "roll_data_switched", symbol=reply.symbol, bars=reply.bars)
+                data_switched = True
+            elif isinstance(step, rolls.Wait):
+                if step.why != waiting:
+                    log(self.log, "roll_waiting", roll=roll.id, phase=str(roll.phase), why=step.why)
+                    progress_at, waiting = time.monotonic(), step.why
+                if time.monotonic() - progress_at > ROLL_STEP_TIMEOUT_S:
+                    return self._roll_stuck(roll, f"no progress for {ROLL_STEP_TIMEOUT_S:.0f} s: {step.why}")
+                self.shell.pause(ROLL_POLL_S)
+            else:
+                return self._roll_stuck(roll, step.why)
+        return False
+
+    def _roll_facts(self, roll: RollInfo, data_switched: bool) -> rolls.RollFacts:
+        name = self.session.name
+        roll = self.store.active_roll(name) or roll
+        legs = {leg: self.store.find_order(self.store.client_order_id_for(self.session, rolls.roll_signal(roll.id, leg)))
+                for leg in rolls.Leg}
+        return rolls.RollFacts(
+            roll=roll,
+            old_position=self.store.get_position(name, roll.from_contract).quantity,
+            new_position=self.store.get_position(name, roll.to_contract).quantity,
+            open_orders=tuple(o for o in self.store.open_orders(name) if not rolls.is_roll_signal(o.signal)),
+            flatten_order=legs[rolls.Leg.FLATTEN_OLD],
+            open_order=legs[rolls.Leg.OPEN_NEW],
+            data_switched=data_switched,
+        )
+
+    def _roll_stuck(self, roll: RollInfo, why: str) -> bool:
+        reason = f"roll {roll.id} ({roll.from_contract} -> {roll.to_contract}) stuck at {roll.phase}: {why}"
+        log(self.log, "roll_stuck", level=logging.CRITICAL, roll=roll.id, why=why)
+        escalate(self.store, self.session.name, reason, now_ns(), publisher=self.publisher)
+        self.publisher.publish(topics.ALERT, m.Alert(level="critical", text=reason, session=self.session.name),
+                               session=self.session.name)
+        return False
+
+    def _switched_to(self, contract: str) -> None:
+        """The roll is done: listen to the new contract's bars and refill the indicators from them."""
+        old_topic = self.bar_topic
+        self.session = self.store.get_session(self.session.name)
+        self.bar_topic = topics.bar(contract, self.session.interval)
+        self.subscriber.subscribe(self.bar_topic)
+        self.subscriber.unsubscribe(old_topic)
+        self._decide(ContractRolled(symbol=contract), persist=True)
+        self._catch_up()
+
+    def _announce(self, state: str, previous: str, reason: str) -> None:
+        announce(self.publisher, self.session.name, state, previous, reason)
 
     def _on_gap(self, source: str, expected: int, got: int) -> None:
         # A missed bar is caught up from the market-data service's book on the next bar's arrival
@@ -178,7 +375,7 @@ class StrategyService:
             if isinstance(reply, m.OrderReply):
                 log(self.log, "instruction_done", client_order_id=reply.order.client_order_id,
                     status=reply.order.status)
-                self._decide(order_event(reply.order), persist=True)
+                self._order_reply(reply)
 
     # ------------------------------------------------------------------ helpers
 
@@ -252,8 +449,6 @@ def _encode(instruction: Instruction) -> dict[str, Any]:
 
 
 def _request(session: str, item: dict[str, Any]) -> m.Message:
-    from decimal import Decimal
-
     if item["kind"] == "submit":
         return m.SubmitOrder(
             session=session,

@@ -14,7 +14,9 @@ from typing import Any
 
 from services.strategy.core import (
     BarEvent,
+    ContractRolled,
     Event,
+    Flatten,
     Instruction,
     OrderEvent,
     PositionSnapshot,
@@ -58,6 +60,11 @@ class SmaCross:
             return replace(state, book=state.book.on_snapshot(event)), ()
         if isinstance(event, OrderEvent):
             return replace(state, book=state.book.on_order(event)), ()
+        if isinstance(event, ContractRolled):
+            return replace(state, closes=(), last_bar_ts=0), ()
+        if isinstance(event, Flatten):
+            book, instructions = state.book.move_to(Decimal(0), event.symbol, event.reason)
+            return replace(state, book=book), instructions
         if not isinstance(event, BarEvent) or event.ts_ns <= state.last_bar_ts:
             return state, ()  # a bar seen before (catch-up overlap, resend): already decided on
         closes = (state.closes + (event.close,))[-(state.slow + 1):]
