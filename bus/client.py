@@ -57,10 +57,13 @@ IDEMPOTENT_ATTEMPTS = 4  # an idempotent call's deadline is split into at least 
 IDEMPOTENT_ATTEMPT_MIN_S = 0.25  # ...each waiting at least this long for its reply
 RETRY_BASE_S = 0.05  # backoff between attempts: doubles from here...
 RETRY_CAP_S = 0.5  # ...up to here
+LAG_THRESHOLD_S = 2.0  # a message delivered this long after it was sent is stale: the consumer is lagging
+LAG_LOG_EVERY_S = 10.0  # while lagging, say so again at most this often (the first time: at once)
 
 logger = logging.getLogger("bus.client")
 
 GapHandler = Callable[[str, int, int], None]
+LagHandler = Callable[[str, int], None]  # (topic, lag_ns)
 
 
 class _Closable(Protocol):
@@ -91,8 +94,11 @@ class BusClient:
     def publisher(self) -> Publisher:
         return self._adopt(Publisher(self))
 
-    def subscriber(self, topics: Iterable[str], *, on_gap: GapHandler | None = None) -> Subscriber:
-        return self._adopt(Subscriber(self, topics, on_gap=on_gap))
+    def subscriber(self, topics: Iterable[str], *, on_gap: GapHandler | None = None,
+                   on_lag: LagHandler | None = None,
+                   lag_threshold_s: float | None = LAG_THRESHOLD_S) -> Subscriber:
+        return self._adopt(Subscriber(self, topics, on_gap=on_gap, on_lag=on_lag,
+                                      lag_threshold_s=lag_threshold_s))
 
     def rpc_client(self) -> RpcClient:
         return self._adopt(RpcClient(self))
@@ -209,18 +215,84 @@ class Gap:
     restarted: bool
 
 
-class Subscriber:
-    """Receives facts on topic prefixes (segment-aware, see ``topics.matches``) and checks each
-    (source, topic) stream for gaps and restarts.
+class LagMonitor:
+    """Is the consumer working on stale data? Pure: each delivered message's send time and the
+    time of delivery come in as arguments (integer UTC ns), so it is tested without a clock.
 
-    ``on_gap(source, expected, got)`` is called before the message that revealed the gap is
-    returned: the owner should resync from the source (snapshot) or the database. A restart
-    (new epoch) calls it too, with ``expected`` from the old epoch. ``last_gap`` says which topic.
+    A message is *late* when ``now - sent > threshold``. The monitor is ``lagging`` from the
+    first late message until the first message that is not late. ``observe`` says when to log:
+    ``LAGGING`` on the first late message and then at most every ``log_every_ns`` while it lasts
+    (with how many late messages went by unlogged), ``RECOVERED`` once when it ends.
+
+    Lag includes any clock difference between the publisher's machine and this one.
     """
 
-    def __init__(self, bus: BusClient, topics: Iterable[str], *, on_gap: GapHandler | None = None) -> None:
+    LAGGING = "lagging"
+    RECOVERED = "lag_recovered"
+
+    def __init__(self, threshold_ns: int, log_every_ns: int = int(LAG_LOG_EVERY_S * 1e9)) -> None:
+        if threshold_ns <= 0:
+            raise ValueError(f"lag threshold must be positive, got {threshold_ns} ns")
+        self.threshold_ns = threshold_ns
+        self.log_every_ns = log_every_ns
+        self.lagging = False
+        self.lag_ns = 0  # of the last message observed
+        self.late = 0  # late messages, ever
+        self.episodes = 0  # times the consumer started lagging
+        self.since_ns: int | None = None  # when the current episode started
+        self.max_lag_ns = 0  # worst lag of the current (or last) episode
+        self.unlogged = 0  # late messages since the last LAGGING log line
+        self.lasted_ns = 0  # how long the last finished episode lasted
+        self._logged_ns = 0
+
+    def observe(self, sent_ns: int, now_ns: int) -> str | None:
+        """Record one delivered message; returns ``LAGGING``, ``RECOVERED`` or None (say nothing)."""
+        lag = self.lag_ns = max(0, now_ns - sent_ns)
+        if lag > self.threshold_ns:
+            self.late += 1
+            self.unlogged += 1
+            if not self.lagging:
+                self.lagging, self.since_ns, self.max_lag_ns = True, now_ns, lag
+                self.episodes += 1
+            else:
+                self.max_lag_ns = max(self.max_lag_ns, lag)
+                if now_ns - self._logged_ns < self.log_every_ns:
+                    return None
+            self._logged_ns = now_ns
+            return self.LAGGING
+        if self.lagging:
+            self.lagging = False
+            self.lasted_ns = now_ns - (self.since_ns if self.since_ns is not None else now_ns)
+            return self.RECOVERED
+        return None
+
+    def logged(self) -> None:
+        self.unlogged = 0
+
+
+class Subscriber:
+    """Receives facts on topic prefixes (segment-aware, see ``topics.matches``) and checks each
+    (source, topic) stream for gaps and restarts, and each delivered message for lag.
+
+    ``on_gap(source, expected, got)`` is called before the message that revealed the gap is
+    returned: the owner should resync from the source (snapshot) or the database (``bus.resync``
+    does it). A restart (new epoch) calls it too, with ``expected`` from the old epoch.
+    ``last_gap`` says which topic.
+
+    Lag is ``now - send_ns`` when ``recv`` hands a message out. Above ``lag_threshold_s`` (None:
+    never checked) the subscriber is ``lagging``: it logs an error (rate-limited, see
+    ``LagMonitor``) and calls ``on_lag(topic, lag_ns)`` for each such message, until a message
+    arrives in time again (logged once). A consumer must not trade while ``lagging``.
+    """
+
+    def __init__(self, bus: BusClient, topics: Iterable[str], *, on_gap: GapHandler | None = None,
+                 on_lag: LagHandler | None = None, lag_threshold_s: float | None = LAG_THRESHOLD_S,
+                 clock: Callable[[], int] = now_ns) -> None:
         self.bus = bus
         self.on_gap = on_gap
+        self.on_lag = on_lag
+        self.lag = LagMonitor(int(lag_threshold_s * 1e9)) if lag_threshold_s is not None else None
+        self._clock = clock
         self.socket = bus._socket(zmq.SUB, rcvhwm=SUB_RCVHWM, linger=0)
         self.socket.connect(bus.endpoints.pub_out)
         self._prefixes: list[str] = []
@@ -238,6 +310,11 @@ class Subscriber:
         self._probe_seen = False
         self._probe_ids = itertools.count(1)
 
+    @property
+    def lagging(self) -> bool:
+        """True while the messages handed out are older than the lag threshold (stale data)."""
+        return self.lag is not None and self.lag.lagging
+
     def subscribe(self, topic: str) -> None:
         if topic not in self._prefixes:
             self._prefixes.append(topic)
@@ -251,6 +328,12 @@ class Subscriber:
     def recv(self, timeout_ms: int | None = 0) -> Envelope | None:
         """The next valid message, or None after ``timeout_ms`` (0: don't wait; None: forever).
         Malformed messages are counted in ``malformed``, logged and skipped."""
+        envelope = self._next(timeout_ms)
+        if envelope is not None and self.lag is not None:
+            self._observe_lag(envelope, self.lag)
+        return envelope
+
+    def _next(self, timeout_ms: int | None) -> Envelope | None:
         if self._pending:
             return self._pending.popleft()
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
@@ -299,6 +382,23 @@ class Subscriber:
             self.socket.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _observe_lag(self, envelope: Envelope, monitor: LagMonitor) -> None:
+        verdict = monitor.observe(envelope.send_ns, self._clock())
+        if verdict == LagMonitor.LAGGING:
+            log(logger, "lagging", logging.ERROR, topic=envelope.topic, source=envelope.source,
+                lag_ms=monitor.lag_ns // 1_000_000, max_lag_ms=monitor.max_lag_ns // 1_000_000,
+                threshold_ms=monitor.threshold_ns // 1_000_000, late_messages=monitor.unlogged,
+                msg="consuming stale data: do not trade on it")
+            monitor.logged()
+        elif verdict == LagMonitor.RECOVERED:
+            log(logger, "lag_recovered", logging.WARNING, topic=envelope.topic, lag_ms=monitor.lag_ns // 1_000_000,
+                max_lag_ms=monitor.max_lag_ns // 1_000_000, lagged_ms=monitor.lasted_ns // 1_000_000)
+        if monitor.lagging and self.on_lag is not None:
+            # Keep the message if the handler raises: recv will hand it out next time.
+            self._pending.appendleft(envelope)
+            self.on_lag(envelope.topic, monitor.lag_ns)
+            self._pending.popleft()
 
     def _read_available(self) -> None:
         while True:

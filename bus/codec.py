@@ -10,6 +10,13 @@ then the body as a map keyed by field name::
 message type, then decodes the body with that type's cached decoder. Anything wrong raises
 ``MalformedMessage`` whose reason names the problem (size, not msgpack, which field, which type).
 
+Fast path (same checks, one pass): when the first bytes are a 13-element array, this schema version
+and a short type string of a known type, the whole message is decoded in one go with that type's
+wire decoder (the header fields exactly as ``_Header`` declares them, the body typed). Only if that
+fails does the two-step decode above run, to find and name the problem; so a message passes the fast
+path only if the two-step decode would pass it too. ``check`` is the same without building an
+``Envelope``, for busd, which only needs to know that a message is valid and a few header fields.
+
 Money: msgspec writes ``Decimal`` as a string. It would also *accept* a float for a Decimal field
 (and a careless ``Struct(...)`` call can hold one, since Structs do not type-check on init), so
 both directions refuse floats explicitly: ``encode`` checks Decimal fields hold Decimal (or int),
@@ -120,6 +127,62 @@ def encode(envelope: Envelope) -> bytes:
 
 # ------------------------------------------------------------------------------------ decode
 
+_ARRAY_13 = 0x9D  # msgpack fixarray of 13 elements: the twelve header fields and the body
+_FIXSTR, _FIXSTR_MAX_LEN = 0xA0, 0x1F
+_WIRE_FIELDS = [(f.name, f.type) for f in msgspec.structs.fields(_Header) if f.name != "body"]
+# Type name (UTF-8) -> (decoder of the whole message, refuse_floats); see ``_wire_codec``.
+_WIRE: dict[bytes, tuple[msgspec.msgpack.Decoder, bool]] = {}
+
+
+def _wire_codec(type_name: bytes) -> tuple[msgspec.msgpack.Decoder, bool] | None:
+    """The one-pass decoder for messages of ``type_name``: ``_Header`` with the body typed."""
+    found = _WIRE.get(type_name)
+    if found is not None:
+        return found
+    try:
+        codec = _body_codec(type_name.decode())
+    except UnicodeDecodeError:
+        return None
+    if codec is None:
+        return None
+    wire = msgspec.defstruct(f"_Wire_{codec.cls.__name__}", [*_WIRE_FIELDS, ("body", codec.cls)],
+                             array_like=True, forbid_unknown_fields=True)
+    found = _WIRE[type_name] = (msgspec.msgpack.Decoder(wire), codec.refuse_floats)
+    return found
+
+
+def _fast(data: bytes) -> Any:
+    """The decoded wire struct of a valid message of a known type, or None: ask the slow path
+    (which either accepts the message too, or names what is wrong with it)."""
+    if len(data) < 4 or data[0] != _ARRAY_13 or data[1] != SCHEMA_VERSION:
+        return None
+    n = data[2] - _FIXSTR
+    if not 0 <= n <= _FIXSTR_MAX_LEN:
+        return None
+    codec = _WIRE.get(data[3:3 + n]) or _wire_codec(data[3:3 + n])
+    if codec is None:
+        return None
+    decoder, refuse_floats = codec
+    try:
+        wire = decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    if refuse_floats and (data.find(b"\xcb", 3 + n) >= 0 or data.find(b"\xca", 3 + n) >= 0):
+        return None  # perhaps a float where money belongs (or just such a byte in an int): look properly
+    return wire
+
+
+def check(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Any:
+    """Fully validate one envelope without building an ``Envelope``: returns an object with the
+    same header attributes (``type``, ``topic``, ``message_id``, ``session``, ...), or raises
+    ``MalformedMessage`` exactly as ``decode`` does."""
+    if len(data) <= max_size:
+        wire = _fast(data)
+        if wire is not None:
+            return wire
+    return decode(data, max_size=max_size)
+
+
 
 def _is_utf8_error(exc: msgspec.DecodeError) -> bool:
     return "UTF-8" in str(exc)
@@ -130,6 +193,10 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Envelope:
     size = len(data)
     if size > max_size:
         raise MalformedMessage(f"message too large: {size} bytes (limit {max_size})")
+    w = _fast(data)
+    if w is not None:
+        return Envelope(w.version, w.type, w.topic, w.source, w.epoch, w.seq, w.message_id,
+                        w.correlation_id, w.causation_id, w.session, w.event_ns, w.send_ns, w.body)
     try:
         h = _HEADER_DECODER.decode(data)
     except msgspec.ValidationError as exc:
@@ -353,3 +420,4 @@ def _declares_float(t: mi.Type, seen: set[type]) -> bool:
 
 for _name, _cls in MESSAGE_TYPES.items():
     _BODIES[_name] = _BodyCodec(_cls)
+    _wire_codec(_name.encode())

@@ -13,6 +13,7 @@ CODE_NO_WORKER = "no_worker"
 CODE_UNKNOWN_SERVICE = "unknown_service"
 CODE_DEADLINE = "deadline"
 CODE_MALFORMED = "malformed"
+CODE_UNAVAILABLE = "unavailable"  # sent by services whose database is down (see ServiceUnavailable)
 
 
 class BusError(Exception):
@@ -109,6 +110,14 @@ class MalformedRequest(RemoteError):
     CODE = CODE_MALFORMED
 
 
+class ServiceUnavailable(RemoteError):
+    """The service is up but one of its own dependencies (its database) is not: nothing was done;
+    the same request may be sent again later."""
+
+    CODE = CODE_UNAVAILABLE
+    retryable = True
+
+
 _BY_CODE: dict[str, type[RemoteError]] = {
-    cls.CODE: cls for cls in (NoWorker, UnknownService, DeadlineExceeded, MalformedRequest)
+    cls.CODE: cls for cls in (NoWorker, UnknownService, DeadlineExceeded, MalformedRequest, ServiceUnavailable)
 }

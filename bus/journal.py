@@ -51,6 +51,8 @@ SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY_N = 256
 WRITE_BUFFER_BYTES = 1 << 20
 RECORD_HEADER = struct.Struct("<II")
+_RECORD_HEADER_SIZE = RECORD_HEADER.size
+_pack_record_header = RECORD_HEADER.pack
 # A record holds one envelope plus a small frame; anything longer is a corrupt length field.
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES + (64 << 10)
 FIRST_SEQ = 1
@@ -298,21 +300,22 @@ class JournalWriter:
         return self._path
 
     def append(self, recv_ns: int, kind: Kind, topic: str, data: bytes) -> int:
-        """Write one record; returns its journal sequence number."""
+        """Write one record into the write buffer; returns its journal sequence number. The buffer
+        goes to the OS every ``flush_every_n`` records, on ``flush`` and when it fills up."""
         payload = _ENCODER.encode((recv_ns, kind, topic, data))
-        size = RECORD_HEADER.size + len(payload)
-        if self._size and self._size + size > self.segment_bytes:
+        size = _RECORD_HEADER_SIZE + len(payload)
+        if self._size + size > self.segment_bytes and self._size:
             self._rotate()
-        assert self._file is not None and self._index is not None, "journal is closed"
-        if (self._next_seq - self._first_seq) % INDEX_EVERY == 0:
-            self._index.write(INDEX_ENTRY.pack(self._next_seq, recv_ns, self._size))
-        self._file.write(RECORD_HEADER.pack(len(payload), zlib.crc32(payload)))
-        self._file.write(payload)
+        file = self._file
+        assert file is not None and self._index is not None, "journal is closed"
+        seq = self._next_seq
+        if (seq - self._first_seq) % INDEX_EVERY == 0:
+            self._index.write(INDEX_ENTRY.pack(seq, recv_ns, self._size))
+        file.write(_pack_record_header(len(payload), zlib.crc32(payload)) + payload)
         self._size += size
         self.bytes_written += size
         self.records_written += 1
-        seq = self._next_seq
-        self._next_seq += 1
+        self._next_seq = seq + 1
         self._unflushed += 1
         if self._unflushed >= self.flush_every_n:
             self.flush()

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TextIO, TypeVar
 
@@ -28,6 +29,8 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_CONFIG = 78
 CONNECT_BACKOFF = Backoff()  # EX_CONFIG: supervisord shows it; sessionguard treats it like any failure
+OUTAGE_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+OUTAGE_LOG_EVERY_S = 10.0
 
 
 class Stopping(Exception):
@@ -41,6 +44,7 @@ class ProcessShell:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.log = logging.getLogger(name)
         self._stop = threading.Event()
+        self.outage = OutageLog(self.log)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -82,6 +86,24 @@ class ProcessShell:
 
         return self.until_connected("database", lambda: _checked_store(Store, self.config.db_url))
 
+    def through_outage(self, doing: str, operation: Callable[[], T]) -> T:
+        """Run a database operation, waiting out an outage (``StoreUnavailable``) with capped backoff
+        instead of failing: for work that must not be skipped (a strategy's state, its outbox).
+        Nothing is half-done by a failed attempt: each store call is one transaction."""
+        from schema.errors import StoreUnavailable
+
+        attempt = 0
+        while True:
+            try:
+                result = operation()
+            except StoreUnavailable as exc:
+                attempt += 1
+                self.outage.down(exc, doing)
+                self.pause(OUTAGE_BACKOFF.delay(attempt) or OUTAGE_BACKOFF.cap_s)
+                continue
+            self.outage.up()
+            return result
+
     def until_connected(self, what: str, connect: Callable[[], T], backoff: Backoff = CONNECT_BACKOFF) -> T:
         """Call ``connect`` until it succeeds, logging ``connecting`` with capped backoff."""
         attempt = 0
@@ -102,6 +124,32 @@ class ProcessShell:
             if attempt > 1:
                 log(self.log, "connected", dependency=what, attempts=attempt)
             return result
+
+
+class OutageLog:
+    """Says once that the database went away, at most every ``every_s`` while it stays away, and
+    once when it is back — a loop that meets the outage on every turn must not flood the log."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = OUTAGE_LOG_EVERY_S) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.down_since: float | None = None
+        self.said_at = 0.0
+
+    def down(self, exc: BaseException, doing: str) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        if now - self.said_at >= self.every_s:
+            self.said_at = now
+            log(self.logger, "database_unavailable", level=logging.ERROR, doing=doing,
+                down_for_s=round(now - self.down_since, 1), error=_safe(str(exc)))
+
+    def up(self) -> None:
+        if self.down_since is not None:
+            log(self.logger, "database_back", down_for_s=round(time.monotonic() - self.down_since, 1))
+            self.down_since = None
+            self.said_at = 0.0
 
 
 def _checked_store(store_cls, url: str):

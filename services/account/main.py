@@ -22,10 +22,12 @@ from brokers.errors import BrokerError, NotSupported, OutcomeUnknown, Rejected, 
 from brokers.registry import build_facade
 from bus import topics
 from bus.client import Publisher, RpcWorker
+from bus.errors import CODE_UNAVAILABLE
 from bus.envelope import now_ns
 from bus.logs import log
 from schema import messages as m
 from schema.enums import HeatState, OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
+from schema.errors import StoreUnavailable
 from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
 from services.account.core import Resolution, adoption_events, resolve
 from services.convert import order_message
@@ -112,15 +114,25 @@ class AccountService:
                 self._serve_pending()
             self.worker.heartbeat()
             now = time.monotonic()
-            if now >= next_renew:
-                self._renew_lease()
-                next_renew = now + LEASE_RENEW_S
-            if now >= next_fills:
-                self.poll_fills()
-                next_fills = now + FILL_POLL_S
-            if now >= next_resolve:
-                self.resolve_unknown()
-                next_resolve = now + RESOLVE_EVERY_S
+            if now < min(next_renew, next_fills, next_resolve):
+                continue
+            try:
+                if now >= next_renew:
+                    next_renew = now + LEASE_RENEW_S
+                    self._renew_lease()
+                if now >= next_fills:
+                    next_fills = now + FILL_POLL_S
+                    self.poll_fills()
+                if now >= next_resolve:
+                    next_resolve = now + RESOLVE_EVERY_S
+                    self.resolve_unknown()
+            except StoreUnavailable as exc:
+                # A database outage must not become a restart loop: keep answering (with
+                # ``unavailable``) and try again on the next turn. Nothing goes to the broker
+                # meanwhile, because every order is written before it is sent.
+                self.shell.outage.down(exc, "periodic work")
+                continue
+            self.shell.outage.up()
 
     def _renew_lease(self) -> None:
         ok = self.store.renew_lease(self._lease_name, self.shell.owner, self.epoch,
@@ -141,6 +153,11 @@ class AccountService:
                 raise
             except FencedOut:
                 raise
+            except StoreUnavailable as exc:
+                # Each store call is one transaction: nothing is half-written. A repeated request is
+                # safe (same client order id; an order already at the broker is found by lookup).
+                self.shell.outage.down(exc, f"answering {body.TYPE}")
+                reply = m.ErrorReply(code=CODE_UNAVAILABLE, message="database unavailable; ask again later")
             except Exception as exc:  # noqa: BLE001 - answer the caller, keep serving
                 self.log.exception("request failed")
                 reply = m.ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}")
@@ -151,12 +168,35 @@ class AccountService:
             if body.session != self.session.name:
                 return m.ErrorReply(code="wrong_session",
                                     message=f"this is account.{self.session.name}, not {body.session}")
+            if (refusal := self._untradable(body)) is not None:
+                return m.ErrorReply(code="unknown_symbol", message=refusal)
             return m.OrderReply(order=order_message(self.submit(body)))
         if isinstance(body, m.CancelOrder):
+            order = self.store.find_order(body.client_order_id)
+            if body.session != self.session.name or (order is not None and order.session != self.session.name):
+                return m.ErrorReply(code="wrong_session", message=f"this is account.{self.session.name}: it cancels "
+                                    "only its own session's orders")
+            if order is None:
+                return m.ErrorReply(code="not_found", message=f"no order {body.client_order_id!r}")
             return m.OrderReply(order=order_message(self.cancel(body.client_order_id)))
         if isinstance(body, m.AccountSnapshotRequest):
             return self.snapshot()
         return m.ErrorReply(code="unsupported", message=f"account service does not handle {body.TYPE!r}")
+
+    def _untradable(self, request: m.SubmitOrder) -> str | None:
+        """Why a new order's symbol is not this session's to trade, or None. Checked before the
+        write-ahead: a symbol the broker cannot take would leave a ``pending_submit`` row that no
+        broker answer ever settles. A signal written before is answered from its row, as always."""
+        session = self.store.get_session(self.session.name)
+        tradable = {session.contract}
+        roll = self.store.active_roll(self.session.name)
+        if roll is not None:
+            tradable |= {roll.from_contract, roll.to_contract}
+        if request.symbol in tradable:
+            return None
+        if self.store.find_order(self.store.client_order_id_for(session, request.signal)) is not None:
+            return None
+        return f"session {self.session.name} trades {', '.join(sorted(tradable))}, not {request.symbol[:40]!r}"
 
     def snapshot(self) -> m.AccountSnapshot:
         contract = self.store.get_session(self.session.name).contract  # a roll changes it

@@ -16,7 +16,7 @@ from typing import Any
 from brokers.instruments import canonical_root, instrument
 from bus.envelope import now_ns
 from bus.logs import log
-from schema.errors import FencedOut, SessionNotFound
+from schema.errors import FencedOut, SessionNotFound, StoreUnavailable
 from services.jobs.core import EOD_REPORT, RETRY, FillRow, PermanentJobError, day_bounds_ns, eod_report, parse_day
 from services.runtime import ProcessShell
 
@@ -35,11 +35,18 @@ class JobsWorker:
     def run(self) -> None:
         try:
             while not self.shell.stopping:
-                job = self.store.claim_job(self.shell.owner, claim_ns=int(CLAIM_S * 1e9), now_ns=now_ns())
-                if job is None:
+                try:
+                    job = self.store.claim_job(self.shell.owner, claim_ns=int(CLAIM_S * 1e9), now_ns=now_ns())
+                    if job is None:
+                        self.shell.pause(IDLE_POLL_S)
+                        continue
+                    self.run_one(job)
+                    self.shell.outage.up()
+                except StoreUnavailable as exc:
+                    # A claim not completed expires and the job runs again: jobs are written to be
+                    # repeatable (a report is rewritten whole).
+                    self.shell.outage.down(exc, "running jobs")
                     self.shell.pause(IDLE_POLL_S)
-                    continue
-                self.run_one(job)
         finally:
             self.store.close()
 

@@ -13,7 +13,8 @@ import threading
 
 import zmq
 
-from brokers.errors import BrokerError
+from brokers.errors import BrokerError, UnknownSymbol
+from brokers.instruments import INSTRUMENTS, canonical_root
 from brokers.registry import build_facade
 from bus import topics
 from bus.logs import log
@@ -77,6 +78,17 @@ class MarketDataService:
         if body.session != self.session.name:
             return m.ErrorReply(code="wrong_session", message=f"this is marketdata.{self.session.name}")
         if body.symbol != self.symbol:
+            # Ask for the new contract's history before stopping the old stream: a symbol the data
+            # source does not know is refused here, instead of leaving no stream and a history
+            # load that retries forever while nobody is answered.
+            try:
+                if canonical_root(body.symbol) != canonical_root(self.symbol) or body.symbol in INSTRUMENTS:
+                    raise UnknownSymbol(body.symbol, detail=f"a roll moves to another contract of "
+                                                          f"{canonical_root(self.symbol)}")
+                self.broker.historical_bars(body.symbol, self.interval, limit=HISTORY_BARS)
+            except (BrokerError, ValueError) as exc:
+                return m.ErrorReply(code="unknown_symbol",
+                                    message=f"cannot stream {body.symbol[:40]!r}: {str(exc)[:200]}")
             self.stream_stop.set()
             self.streamer.join(timeout=STREAM_SWITCH_JOIN_S)
             if self.streamer.is_alive():

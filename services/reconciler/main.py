@@ -30,6 +30,7 @@ from bus.logs import log
 from schema import messages as m
 from schema.enums import OrderStatus
 from services.account.core import WORKING, adoption_events
+from schema.errors import StoreUnavailable
 from services import operator
 from services.reconciler.core import compare
 from services.runtime import ProcessShell
@@ -61,7 +62,11 @@ class Reconciler:
         try:
             while not self.shell.stopping:
                 started = time.monotonic()
-                self.round()
+                try:
+                    self.round()
+                    self.shell.outage.up()
+                except StoreUnavailable as exc:
+                    self.shell.outage.down(exc, "reconciling")  # next round; never a restart loop
                 self._serve_control(until=started + self.interval_s)
         finally:
             for broker in self.brokers.values():
@@ -103,8 +108,9 @@ class Reconciler:
         for session in sessions[offset:] + sessions[:offset]:
             if self.shell.stopping:
                 return
+            started_ns = now_ns()
             lease = self.store.acquire_lease(f"reconcile:{session.name}", self.shell.owner,
-                                             ttl_ns=int(self.interval_s * 3 * 1e9), now_ns=now_ns())
+                                             ttl_ns=int(self.interval_s * 3 * 1e9), now_ns=started_ns)
             if lease is None:
                 continue
             try:
@@ -112,6 +118,13 @@ class Reconciler:
             except BrokerError as exc:
                 log(self.log, "reconcile_deferred", level=logging.WARNING, session=session.name,
                     error=f"{type(exc).__name__}: {exc}")
+            finally:
+                # One line per session and round: who reconciled it under which lease epoch, and
+                # when (wall-clock ns, the lease's own clock). The evidence that no two workers
+                # ever reconcile one session at once.
+                log(self.log, "reconcile_round", session=session.name, worker=self.worker,
+                    owner=self.shell.owner, epoch=lease.epoch, lease_expires_ns=lease.expires_ns,
+                    started_ns=started_ns, ended_ns=now_ns())
 
     def _broker(self, account: str):
         if account not in self.brokers:

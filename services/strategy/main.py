@@ -38,7 +38,7 @@ from services.retry import Backoff
 from services.runtime import ProcessShell
 from services.session_state import announce, apply_session_event, escalate
 from services.testhooks import crash_point
-from schema.errors import IllegalTransition
+from schema.errors import IllegalTransition, StoreUnavailable
 from schema.session_fsm import SessionEvent
 from services.strategy.core import Cancel, ContractRolled, Event, Flatten, Instruction, Log, Submit
 from services.strategy.registry import get_strategy
@@ -120,14 +120,20 @@ class StrategyService:
         poller.register(self.worker.socket, zmq.POLLIN)
         while not self.shell.stopping:
             ready = dict(poller.poll(POLL_MS))
-            if subscriber.socket in ready:
-                while (envelope := subscriber.recv(timeout_ms=0)) is not None:
-                    self._on_message(envelope.body)
-            if self.worker.socket in ready:
-                self._serve_requests()
-            self.worker.heartbeat()
-            if self.outbox and time.monotonic() >= self.outbox_due:
-                self._drain_outbox(block=False)
+            try:
+                if subscriber.socket in ready:
+                    while (envelope := subscriber.recv(timeout_ms=0)) is not None:
+                        self._on_message(envelope.body)
+                if self.worker.socket in ready:
+                    self._serve_requests()
+                self.worker.heartbeat()
+                if self.outbox and time.monotonic() >= self.outbox_due:
+                    self._drain_outbox(block=False)
+            except StoreUnavailable as exc:
+                # No decision is taken without its state stored: wait for the database (a bar
+                # missed meanwhile is caught up from the market-data book on the next one).
+                self.shell.outage.down(exc, "deciding")
+                self.shell.through_outage("waiting for the database", lambda: self.store.get_session(self.session.name))
 
     def _on_message(self, body: m.Message) -> None:
         if isinstance(body, m.BarClosed):
@@ -341,8 +347,9 @@ class StrategyService:
             self._drain_outbox(block=False)
 
     def _persist(self) -> None:
-        self.store.save_strategy_state(self.session.name, self.strategy.to_json(self.state), list(self.outbox),
-                                       now_ns=now_ns())
+        state, outbox = self.strategy.to_json(self.state), list(self.outbox)
+        self.shell.through_outage("saving strategy state", lambda: self.store.save_strategy_state(
+            self.session.name, state, outbox, now_ns=now_ns()))
 
     def _drain_outbox(self, *, block: bool) -> None:
         """Execute the outbox in order; stop at the first instruction the account could not take."""
