@@ -163,6 +163,13 @@ class Resync:
         """Stop tracking ``prefix``; its held-back updates are discarded (e.g. after a contract roll)."""
         self._tracks = [t for t in self._tracks if t.prefix != prefix]
 
+    def invalidate(self, prefix: str | None = None, reason: str = "requested") -> None:
+        """Make a snapshot due for ``prefix`` (None: every tracked prefix), e.g. before trading
+        resumes after an operator's intervention; updates are held until it is taken."""
+        for track in self._tracks:
+            if (prefix is None or track.prefix == prefix) and track.needed is None:
+                track.needed, track.attempts, track.retry_at = reason, 0, 0.0
+
     # ------------------------------------------------------------------ state
 
     @property

@@ -12,7 +12,11 @@ SQLite is shared by several processes (every service of every session), so each 
   timeout does not cover).
 
 PostgreSQL goes through psycopg 3 with ``pool_pre_ping`` (a restarted server costs one retry, not a
-failed request). Passwords never reach logs or error text: use ``safe_url``.
+failed request) and settings for a network that breaks mid-transaction: a connect timeout and TCP
+keepalives (a dead link is noticed in seconds, not hours), and on the server side
+``idle_in_transaction_session_timeout`` (a backend whose client vanished mid-transaction is ended,
+releasing its row locks) and ``lock_timeout`` (a write waiting on such locks fails and is retried
+instead of hanging). Passwords never reach logs or error text: use ``safe_url``.
 """
 from __future__ import annotations
 
@@ -37,6 +41,15 @@ IMMEDIATE_OPTION = "tradebus_sqlite_immediate"
 """Execution option: begin this connection's transactions with ``BEGIN IMMEDIATE`` (SQLite only)."""
 PG_DRIVER = "postgresql+psycopg"
 PG_MIGRATION_LOCK_KEY = 0x7472616465627573  # "tradebus": serialises concurrent ``migrate`` calls
+PG_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    # Our transactions last milliseconds; these only ever end orphans and unbounded waits.
+    "options": "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=5000",
+}
 
 
 def safe_url(url: str | URL) -> str:
@@ -76,7 +89,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(parsed, **kwargs)
+    connect_args = {**PG_CONNECT_ARGS, **kwargs.pop("connect_args", {})}
+    return sa.create_engine(parsed, connect_args=connect_args, **kwargs)
 
 
 def write_engine(engine: Engine) -> Engine:

@@ -114,12 +114,11 @@ class AccountService:
                 self._serve_pending()
             self.worker.heartbeat()
             now = time.monotonic()
-            if now < min(next_renew, next_fills, next_resolve):
-                continue
             try:
                 if now >= next_renew:
                     next_renew = now + LEASE_RENEW_S
                     self._renew_lease()
+                    self.shell.outage.up()  # the renewal always reaches the database
                 if now >= next_fills:
                     next_fills = now + FILL_POLL_S
                     self.poll_fills()
@@ -131,8 +130,6 @@ class AccountService:
                 # ``unavailable``) and try again on the next turn. Nothing goes to the broker
                 # meanwhile, because every order is written before it is sent.
                 self.shell.outage.down(exc, "periodic work")
-                continue
-            self.shell.outage.up()
 
     def _renew_lease(self) -> None:
         ok = self.store.renew_lease(self._lease_name, self.shell.owner, self.epoch,

@@ -28,6 +28,7 @@ from bus import topics
 from bus.envelope import now_ns
 from bus.errors import BusError, UnknownService
 from bus.logs import log
+from bus.resync import Resync, Snapshot, field_mark, rpc_snapshot
 from schema import messages as m
 from schema.enums import SessionState
 from schema.enums import OrderStatus, RollPhase
@@ -78,6 +79,7 @@ class StrategyService:
         self.outbox_due = 0.0
         self.subscriber: Any = None
         self.worker: Any = None
+        self.resync: Resync | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -88,6 +90,7 @@ class StrategyService:
         try:
             while not self._reconciled() or not self._resume_roll():
                 pass  # escalated to needs_operator: wait for the operator again
+            self._track_gaps(subscriber)
             self._loop(subscriber)
         finally:
             if self.shell.stopping:
@@ -114,6 +117,32 @@ class StrategyService:
             raise
         return True
 
+    def _track_gaps(self, subscriber) -> None:
+        """From now on a sequence gap or a restarted publisher is mended from a snapshot: bars
+        from the market-data book (indicators only, never trades), the position and working
+        orders from the account; updates the snapshot already covers are dropped."""
+        self.resync = Resync(subscriber)
+        self.resync.track(self.bar_topic, self._bars_snapshot, self._apply_bars, mark=field_mark("ts_ns"),
+                          current=Snapshot(None, getattr(self.state, "last_bar_ts", 0)))
+        self.resync.track(topics.order(self.session.name),
+                          rpc_snapshot(self.rpc, self.account, m.AccountSnapshotRequest(session=self.session.name),
+                                       session=self.session.name),
+                          lambda snap: self._decide(snapshot_event(snap.value), persist=True),
+                          current=Snapshot(None, 0))
+
+    def _bars_snapshot(self) -> Snapshot:
+        after = getattr(self.state, "last_bar_ts", 0)
+        reply = self.rpc.call(topics.marketdata_service(self.session.name), m.BarsRequest(
+            symbol=self.session.contract, interval=self.session.interval, after_ts_ns=after),
+            timeout_s=RPC_TIMEOUT_S, session=self.session.name, idempotent=True)
+        return Snapshot(reply, reply.bars[-1].ts_ns if reply.bars else after)
+
+    def _apply_bars(self, snapshot: Snapshot) -> None:
+        for bar in snapshot.value.bars:
+            self._decide(bar_event(bar, live=False), persist=False)
+        self._persist()
+        log(self.log, "resynced", bars=len(snapshot.value.bars))
+
     def _loop(self, subscriber) -> None:
         poller = zmq.Poller()
         poller.register(subscriber.socket, zmq.POLLIN)
@@ -121,9 +150,9 @@ class StrategyService:
         while not self.shell.stopping:
             ready = dict(poller.poll(POLL_MS))
             try:
-                if subscriber.socket in ready:
-                    while (envelope := subscriber.recv(timeout_ms=0)) is not None:
-                        self._on_message(envelope.body)
+                # Every turn, not only when readable: a snapshot that failed is retried from here.
+                while (envelope := self.resync.recv(timeout_ms=0)) is not None:
+                    self._on_message(envelope.body)
                 if self.worker.socket in ready:
                     self._serve_requests()
                 self.worker.heartbeat()
@@ -138,7 +167,10 @@ class StrategyService:
     def _on_message(self, body: m.Message) -> None:
         if isinstance(body, m.BarClosed):
             if body.symbol == self.session.contract and body.interval == self.session.interval:
-                self._decide(bar_event(body, live=True), persist=True)
+                # Stale data (a consumer far behind, or a gap not mended yet) updates indicators
+                # but never trades.
+                live = self.resync.in_sync and not self.subscriber.lagging
+                self._decide(bar_event(body, live=live), persist=True)
                 self._roll_if_due(body.ts_ns)
         elif isinstance(body, m.OrderUpdated) and body.session == self.session.name:
             if not rolls.is_roll_signal(body.signal):  # roll legs are not the strategy's orders
@@ -312,13 +344,16 @@ class StrategyService:
         self.subscriber.unsubscribe(old_topic)
         self._decide(ContractRolled(symbol=contract), persist=True)
         self._catch_up()
+        if self.resync is not None:
+            self.resync.untrack(old_topic)
+            self.resync.track(self.bar_topic, self._bars_snapshot, self._apply_bars, mark=field_mark("ts_ns"),
+                              current=Snapshot(None, getattr(self.state, "last_bar_ts", 0)))
 
     def _announce(self, state: str, previous: str, reason: str) -> None:
         announce(self.publisher, self.session.name, state, previous, reason)
 
     def _on_gap(self, source: str, expected: int, got: int) -> None:
-        # A missed bar is caught up from the market-data service's book on the next bar's arrival
-        # (bars older than the last decided one are ignored by the core).
+        # Mended by ``self.resync`` (see ``_track_gaps``); said here in the strategy's own log too.
         log(self.log, "gap", level=logging.WARNING, source=source, expected=expected, got=got)
 
     def _catch_up(self) -> None:

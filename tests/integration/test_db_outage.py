@@ -88,14 +88,14 @@ class CuttableProxy:
 
 
 def _reset(s: socket.socket) -> None:
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    try:
-        s.close()
-    except OSError:
-        pass
+    # Linger 0 makes the close an RST. The shutdown comes first: closing a socket another thread
+    # is blocked reading does not wake that thread, and the connection would stay half-alive.
+    for step in (lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"),
+                 lambda: s.shutdown(socket.SHUT_RDWR), s.close):
+        try:
+            step()
+        except OSError:
+            pass
 
 
 @pytest.fixture

@@ -352,3 +352,15 @@ def test_longest_tracked_prefix_wins() -> None:
     resync.track(TOPIC, narrow, lambda s: None, mark=field_mark("ts_ns"), current=Snapshot([1, 2, 3], 3))
     sub.feed(bar(3), bar(4), bar(5, topic="md.NQZ4.bar.1m"))
     assert drain(resync) == [4, 5]
+
+
+def test_invalidate_makes_a_fresh_snapshot_due_and_holds_updates_until_it_is_taken() -> None:
+    sub = ScriptedSubscriber()
+    owner = Owner([1, 2])
+    resync = Resync(sub)  # type: ignore[arg-type]
+    resync.track(TOPIC, owner, lambda s: None, mark=field_mark("ts_ns"), current=Snapshot([1], 1))
+    resync.invalidate()
+    assert resync.pending == [TOPIC]
+    sub.feed(bar(2), bar(3))
+    assert drain(resync) == [3]
+    assert owner.calls == 1 and resync.in_sync
