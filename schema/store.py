@@ -750,6 +750,13 @@ class Store:
             )
             return result.rowcount == 1
 
+    def leases(self, prefix: str) -> list[Lease]:
+        """Every lease whose name starts with ``prefix``, by name (held, expired or released)."""
+        with self._tx(write=False) as s:
+            rows = s.scalars(sa.select(LeaseRow).where(LeaseRow.name.startswith(prefix, autoescape=True))
+                             .order_by(LeaseRow.name))
+            return [_lease(row) for row in rows]
+
     def get_lease(self, name: str) -> Lease | None:
         with self._tx(write=False) as s:
             row = s.get(LeaseRow, name)

@@ -23,6 +23,13 @@ messages that never arrived (tradebus).
 RPC: one call in flight; client in this process, the router (a trivial ROUTER that forwards
 DEALER client <-> DEALER worker, or busd) and the worker each in a process of their own.
 
+Memory (``tradebus bench bus --rss [--duration 600]``): only the tradebus variant, run for
+``duration`` seconds at full rate (the same window), sampling busd's resident memory every
+``RSS_SAMPLE_S`` (psutil if installed, else ``VmRSS`` in ``/proc/<pid>/status``). Reports the first
+sample (busd started, before the load), the first sample after ``RSS_WARMUP_S`` of load, the last and
+the largest, and growth of the last over both. Journal segments that busd has rotated away from are
+deleted during the run (busd only ever writes the newest), so a long run does not fill the disk.
+
 The helper processes are started as ``python -m services.bench <role> ...`` (not a click command:
 nothing for an operator). Each exits when its parent dies or on SIGTERM.
 """
@@ -66,6 +73,11 @@ HEADER = struct.Struct("<qq")  # seq, send perf_counter_ns (raw_bytes pub/sub on
 TARGET_PUBSUB_RATIO = 0.8  # tradebus msgs/s >= 0.8 x raw_msgpack msgs/s
 TARGET_RPC_P50_RATIO = 1.5  # tradebus p50 <= 1.5 x raw DEALER->ROUTER->DEALER (raw_bytes) p50
 TARGET_RPC_P99_US = 2_000.0
+TARGET_RSS_GROWTH_PCT = 10.0  # busd RSS at the end within 10 % of its RSS after warm-up
+
+DEFAULT_RSS_DURATION_S = 600.0
+RSS_SAMPLE_S = 5.0
+RSS_WARMUP_S = 30.0  # buffers, caches and queues fill up first; growth is measured from here
 
 
 # ============================================================================ shared helpers
@@ -260,6 +272,7 @@ def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]
         latencies: list[int] = []
         first = last = 0
         sent = 0
+        payload_bytes = None
         while len(seen) < n:
             while sent < n and sent - len(seen) < window:
                 if mode == "bytes":
@@ -284,10 +297,11 @@ def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]
                     seq, t_sent = body["index"], body["ts_ns"]
                 if not seen:
                     first = now
+                    payload_bytes = len(frames[1])
                 last = now
                 seen.add(seq)
                 latencies.append(now - t_sent)
-        return _pubsub_result(n, seen, first, last, latencies)
+        return _pubsub_result(n, seen, first, last, latencies, {"payload_bytes": payload_bytes})
     finally:
         pub.close(0)
         sub.close(0)
@@ -340,8 +354,12 @@ def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
                 seen.add(envelope.body.index)
                 latencies.append(now - envelope.body.ts_ns)
                 envelope = recv(0)
-        extra = {"gaps": sub.gaps, "out_of_order": sub.out_of_order, "malformed": sub.malformed,
-                 "journal": True}
+        from bus.codec import encode
+
+        sample = bus.envelope(BAR_TOPIC, BarClosed(symbol="BTCUSDT", interval="1m", ts_ns=clock(), index=n, **price),
+                              seq=n)
+        extra = {"payload_bytes": len(encode(sample)), "gaps": sub.gaps, "out_of_order": sub.out_of_order,
+                 "malformed": sub.malformed, "journal": True}
     finally:
         bus.close()
         stop_process(busd)
@@ -349,6 +367,135 @@ def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
     extra["journal_bytes"] = sum(p.stat().st_size for p in journal.rglob("*") if p.is_file()) if journal.exists() else 0
     extra["busd_exit"] = busd.returncode
     return _pubsub_result(n, seen, first, last, latencies, extra)
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident memory of process ``pid`` in KiB (None if it is gone)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return int(psutil.Process(pid).memory_info().rss // 1024)
+        except psutil.Error:
+            return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])  # "VmRSS:   12345 kB"
+    except OSError:
+        return None
+    return None
+
+
+def _prune_rotated_segments(journal: Path) -> int:
+    """Delete every journal segment (and index) but the newest; returns the bytes deleted."""
+    from bus.journal import index_path, segment_paths
+
+    freed = 0
+    for _, path in segment_paths(journal)[:-1]:
+        for victim in (path, index_path(path)):
+            try:
+                freed += victim.stat().st_size
+                victim.unlink()
+            except FileNotFoundError:
+                pass
+    return freed
+
+
+def _growth_pct(start: int | None, end: int | None) -> float | None:
+    if not start or end is None:
+        return None
+    return round((end - start) / start * 100, 2)
+
+
+def run_bus_rss(duration_s: float = DEFAULT_RSS_DURATION_S, window: int = DEFAULT_WINDOW,
+                sample_s: float = RSS_SAMPLE_S, warmup_s: float = RSS_WARMUP_S) -> dict[str, Any]:
+    """busd's resident memory over a long full-rate pub/sub run (journal on)."""
+    from bus.client import BusClient
+    from bus.endpoints import Endpoints
+    from schema.messages import BarClosed
+
+    machine = machine_info()
+    warmup_s = min(warmup_s, duration_s / 2)
+    samples: list[list[float | int | None]] = []  # [seconds into the load, RSS KiB, messages received]
+    with Workspace() as ws:
+        busd, state = ws.busd()
+        journal = state / "journal"
+        pruned = 0
+        bus = BusClient(Endpoints.for_state_dir(state), "bench")
+        try:
+            pub = bus.publisher()
+            sub = bus.subscriber([BAR_TOPIC])
+            sub.wait_connected(pub, timeout_s=READY_TIMEOUT_S)
+            price = {"open": Decimal("64123.50"), "high": Decimal("64210.00"), "low": Decimal("64001.25"),
+                     "close": Decimal("64188.75"), "volume": Decimal("123.456")}
+            clock = time.perf_counter_ns
+            publish, recv = pub.publish, sub.recv
+            received = sent = 0
+            start = time.monotonic()
+            samples.append([0.0, rss_kib(busd.pid), 0])
+            next_sample = start + sample_s
+            end = start + duration_s
+            while True:
+                now = time.monotonic()
+                if now >= next_sample:
+                    samples.append([round(now - start, 1), rss_kib(busd.pid), received])
+                    pruned += _prune_rotated_segments(journal)
+                    next_sample += sample_s
+                if now >= end:
+                    break
+                while sent - received < window:
+                    publish(BAR_TOPIC, BarClosed(symbol="BTCUSDT", interval="1m", ts_ns=clock(), index=sent,
+                                                 **price))
+                    sent += 1
+                envelope = recv(int(STALL_S * 1000))
+                if envelope is None:
+                    break  # the rest are lost
+                while envelope is not None:
+                    received += 1
+                    envelope = recv(0)
+            elapsed = time.monotonic() - start
+            while received < sent and recv(int(STALL_S * 1000)) is not None:  # what is still in flight
+                received += 1
+            samples.append([round(time.monotonic() - start, 1), rss_kib(busd.pid), received])
+            gaps, malformed = sub.gaps, sub.malformed
+        finally:
+            bus.close()
+            stop_process(busd)
+        journal_bytes = pruned + (sum(p.stat().st_size for p in journal.rglob("*") if p.is_file())
+                                  if journal.exists() else 0)
+    rss = [r for _, r, _ in samples if r is not None]
+    first = samples[0][1]
+    warm = next((r for t, r, _ in samples if t >= warmup_s and r is not None), None)
+    last = samples[-1][1]
+    growth_warm = _growth_pct(warm, last)
+    return {
+        "bench": "bus-rss", "machine": machine, "duration_s": duration_s, "window": window,
+        "sample_every_s": sample_s, "warmup_s": warmup_s,
+        "method": "tradebus pub/sub as in `bench bus` (journal on), run for duration_s; busd RSS sampled "
+                  "every sample_every_s; first = before the load, after_warmup = first sample at or after "
+                  "warmup_s; rotated journal segments deleted during the run",
+        "results": {
+            "sent": sent, "received": received, "lost": sent - received, "gaps": gaps, "malformed": malformed,
+            "msgs_per_s": round(received / elapsed, 1) if elapsed > 0 else None,
+            "journal_bytes": journal_bytes, "busd_exit": busd.returncode,
+            "rss_kib": {"first": first, "after_warmup": warm, "last": last,
+                        "max": max(rss) if rss else None, "min": min(rss) if rss else None},
+            "rss_growth_pct_from_first": _growth_pct(first, last),
+            "rss_growth_pct_from_warmup": growth_warm,
+            "samples": samples,
+        },
+        "targets": {
+            "busd_rss_flat": {"target": f"last within {TARGET_RSS_GROWTH_PCT:g} % of after_warmup",
+                              "measured": growth_warm,
+                              "met": growth_warm is not None and abs(growth_warm) <= TARGET_RSS_GROWTH_PCT},
+            "pubsub_zero_gaps": {"target": 0, "measured": sent - received + gaps,
+                                 "met": sent - received + gaps == 0},
+        },
+    }
 
 
 def run_bus(count: int = DEFAULT_BUS_COUNT, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
@@ -654,10 +801,21 @@ def bench() -> None:
               help="Messages per variant.")
 @click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW, show_default=True,
               help="At most this many messages in flight (sent, not yet received).")
-def bench_bus(count: int, window: int) -> None:
+@click.option("--rss", is_flag=True,
+              help="Instead: run tradebus only, for --duration seconds, and report busd's resident memory.")
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              help=f"With --rss: seconds of full-rate load [default: {DEFAULT_RSS_DURATION_S:g}].")
+@click.option("--sample-every", type=click.FloatRange(min=0.1), default=RSS_SAMPLE_S, show_default=True,
+              help="With --rss: seconds between RSS samples.")
+def bench_bus(count: int, window: int, rss: bool, duration: float | None, sample_every: float) -> None:
     """Pub/sub: raw PUB->XSUB/XPUB->SUB (bytes, msgpack) vs publisher->busd (journal on)->subscriber."""
+    if duration is not None and not rss:
+        raise click.UsageError("--duration goes with --rss")
     try:
-        _emit(run_bus(count, window))
+        if rss:
+            _emit(run_bus_rss(duration or DEFAULT_RSS_DURATION_S, window, sample_every))
+        else:
+            _emit(run_bus(count, window))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

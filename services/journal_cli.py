@@ -24,6 +24,8 @@ import msgspec
 from bus.journal import KINDS, JournalReader, segment_info, segment_paths
 from bus.replay import envelopes
 
+CONNECT_TIMEOUT_S = 10.0  # --publish: how long to wait for the bus to be reachable
+
 
 def _journal_dir(value: str | None) -> Path:
     if value:
@@ -231,6 +233,7 @@ def _publish(directory: Path, root: str | None, topic, since, until, from_seq, t
     """Send recorded ``pub`` envelopes, bytes unchanged, onto the bus's publish socket."""
     from bus.client import BusClient
     from bus.endpoints import Endpoints
+    from bus.errors import BusUnavailable
     from services.config import ConfigError, Paths, find_root
 
     try:
@@ -241,7 +244,12 @@ def _publish(directory: Path, root: str | None, topic, since, until, from_seq, t
     sent = 0
     try:
         publisher = client.publisher()
-        time.sleep(0.3)  # let the PUB socket connect before sending (ZeroMQ drops until then)
+        # ZeroMQ drops what a PUB sends before it is connected and knows busd's subscription: send
+        # nothing until a probe has gone through busd and come back.
+        try:
+            client.subscriber([]).wait_connected(publisher, timeout_s=CONNECT_TIMEOUT_S)
+        except BusUnavailable as exc:
+            raise click.ClickException(f"{exc} (is busd running under {state}?)") from None
         reader = JournalReader(directory)
         start_wall = first_ns = None
         for r in reader.records(topic_prefix=topic, since_ns=parse_time(since), until_ns=parse_time(until),

@@ -37,6 +37,9 @@ from services.runtime import ProcessShell
 from services.sessions import account_config
 
 RECHECKS = 3
+LEASE_INTERVALS = 3  # a session lease outlives this many reconcile intervals
+SESSION_LEASE_PREFIX = "reconcile:"
+WORKER_LEASE_PREFIX = "reconciler-worker:"
 CONTROL_POLL_MS = 200
 # A broker's fill feed can lag its positions. A difference is repaired only once the very same
 # difference has been seen for this long; a fill that was merely late arrives well within it.
@@ -69,10 +72,23 @@ class Reconciler:
                     self.shell.outage.down(exc, "reconciling")  # next round; never a restart loop
                 self._serve_control(until=started + self.interval_s)
         finally:
+            if self.shell.stopping:  # an orderly stop hands its sessions over at once
+                for lease in self.store.leases(SESSION_LEASE_PREFIX) + self.store.leases(WORKER_LEASE_PREFIX):
+                    if lease.owner == self.shell.owner:
+                        self.store.release_lease(lease.name, self.shell.owner)
             for broker in self.brokers.values():
                 broker.close()
             self.bus.close()
             self.store.close()
+
+    def _quota(self, sessions: int, ttl_ns: int) -> int:
+        """This worker's fair share: sessions ÷ live workers, rounded up. A worker is live while its
+        presence lease (renewed every round, same lifetime as the session leases) holds, so a dead
+        worker's share returns to the others when its leases run out."""
+        now = now_ns()
+        self.store.acquire_lease(f"{WORKER_LEASE_PREFIX}{self.worker:02d}", self.shell.owner, ttl_ns=ttl_ns, now_ns=now)
+        live = sum(1 for lease in self.store.leases(WORKER_LEASE_PREFIX) if lease.owner and lease.expires_ns > now)
+        return max(1, -(-sessions // max(1, live)))
 
     def _serve_control(self, *, until: float) -> None:
         """Answer operator commands until the monotonic time ``until``."""
@@ -103,16 +119,30 @@ class Reconciler:
 
     def round(self) -> None:
         sessions = self.store.list_sessions()
+        ttl_ns = int(self.interval_s * LEASE_INTERVALS * 1e9)
+        quota = self._quota(len(sessions), ttl_ns)
+        mine = {lease.name for lease in self.store.leases(SESSION_LEASE_PREFIX)
+                if lease.held_by(self.shell.owner, now_ns())}
+        for name in sorted(mine)[quota:]:
+            # More than a fair share (a worker joined, or this one started first): give the rest
+            # up; the newcomer takes them within a round.
+            self.store.release_lease(name, self.shell.owner)
+            mine.discard(name)
+            log(self.log, "lease_released", session=name.removeprefix(SESSION_LEASE_PREFIX),
+                owner=self.shell.owner, released_ns=now_ns(), quota=quota)
         # Start at a different session per worker so the first claims spread out.
         offset = self.worker % max(1, len(sessions))
         for session in sessions[offset:] + sessions[:offset]:
             if self.shell.stopping:
                 return
+            name = f"{SESSION_LEASE_PREFIX}{session.name}"
+            if name not in mine and len(mine) >= quota:
+                continue  # a fair share held already: leave this one to another worker
             started_ns = now_ns()
-            lease = self.store.acquire_lease(f"reconcile:{session.name}", self.shell.owner,
-                                             ttl_ns=int(self.interval_s * 3 * 1e9), now_ns=started_ns)
+            lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=started_ns)
             if lease is None:
                 continue
+            mine.add(name)
             try:
                 self.reconcile(session)
             except BrokerError as exc:

@@ -116,6 +116,10 @@ class Reconcilers:
                       r["ended_ns"])
                 for w in range(WORKERS) for r in self.records(self.worker_name(w), "reconcile_round")]
 
+    def releases(self) -> list[tuple[str, str, int]]:
+        return [(r["owner"], r["session"], r["released_ns"])
+                for w in range(WORKERS) for r in self.records(self.worker_name(w), "lease_released")]
+
     def owners(self) -> dict[str, str | None]:
         """Session -> owner of its ``reconcile:<session>`` lease (None: no lease row yet)."""
         out = {}
@@ -154,10 +158,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[R
         c.close()
 
 
-def assert_never_two_at_once(rounds: list[Round]) -> None:
+def assert_never_two_at_once(rounds: list[Round], releases: list[tuple[str, str, int]] = ()) -> None:
     """Per session: one worker per lease epoch, epochs only grow, every round ends inside its lease,
-    and a new epoch's rounds start only after the previous epoch's lease ran out — so no two
-    workers' rounds on a session overlap."""
+    and a new epoch's rounds start only after the previous epoch's lease ran out or its owner gave
+    it up (``releases``: (owner, session, released_ns), logged when a worker hands its surplus to
+    a newcomer) — so no two workers' rounds on a session overlap."""
     by_session: dict[str, list[Round]] = defaultdict(list)
     for r in rounds:
         by_session[r.session].append(r)
@@ -174,7 +179,10 @@ def assert_never_two_at_once(rounds: list[Round]) -> None:
             if later.owner != earlier.owner:
                 # The earlier owner's last lease (as it logged it) had run out before the new one started.
                 last_expiry = max(r.lease_expires_ns for r in its if r.epoch == earlier.epoch)
-                assert later.started_ns >= last_expiry, f"{session}: {later} started inside {earlier.owner}'s lease"
+                given_up = [ns for owner, s, ns in releases
+                            if owner == earlier.owner and s == session and ns >= earlier.ended_ns]
+                tenure_end = min([last_expiry, *given_up])
+                assert later.started_ns >= tenure_end, f"{session}: {later} started inside {earlier.owner}'s lease"
         for i, a in enumerate(its):
             for b in its[i + 1:]:
                 if a.owner != b.owner:
@@ -233,7 +241,9 @@ def test_three_workers_never_reconcile_a_session_twice_and_take_over_a_killed_wo
     rounds = cluster.rounds()
     assert {r.session for r in rounds} == set(cluster.sessions)
     assert len({r.owner for r in rounds}) >= 2  # the takeover is in the evidence, not just one worker
-    assert_never_two_at_once(rounds)
+    assert_never_two_at_once(rounds, cluster.releases())
+    # ... and the sessions were split among the workers, not all taken by the first to start
+    assert len(set(before.values())) >= 2, f"one worker held every session: {before}"
 
 
 def test_overlap_check_catches_two_workers_at_once() -> None:
