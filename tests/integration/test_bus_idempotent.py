@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_tree import wait_until
+from bus_harness import WAIT_S, BusdProcess
 
 from bus.client import BusClient
 from bus.endpoints import Endpoints
@@ -28,49 +25,14 @@ from schema import messages as m
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-REPO = Path(__file__).resolve().parents[2]
-WAIT_S = 10.0
 REQUEST = m.AccountSnapshotRequest(session="s1")
 
 
-class Busd:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.endpoints = Endpoints.for_state_dir(state)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start (or restart) busd; a long startup grace makes an unregistered service ``no_worker``."""
-        self.starts += 1
-        with open(self.state / f"busd-{self.starts}.log", "w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bus.busd", "--state-dir", str(self.state), "--no-journal",
-                 "--startup-grace-s", "60"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        proc, ready = self.proc, self.endpoints.ready_file
-        assert ready is not None
-        wait_until(lambda: proc.poll() is None and ready.exists() and ready.read_text().strip() == str(proc.pid),
-                   timeout=WAIT_S, what="busd's ready file", interval=0.01)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(WAIT_S)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT_S)
-
-
 @pytest.fixture
-def busd() -> Iterator[Busd]:
+def busd() -> Iterator[BusdProcess]:
     state = Path(tempfile.mkdtemp(prefix="tbidem", dir="/tmp"))
-    process = Busd(state)
+    # A long startup grace makes an unregistered service ``no_worker`` (retryable), not unknown.
+    process = BusdProcess(state, ("--no-journal", "--startup-grace-s", "60"))
     try:
         process.start()
         yield process
@@ -117,7 +79,7 @@ def serve(endpoints: Endpoints, service: str, stop: threading.Event, served: lis
                 worker.reply(request, m.Alert(level="info", text="here", session=None))
 
 
-def test_idempotent_request_waits_for_a_worker_that_appears_late(busd: Busd, retries: _Retries) -> None:
+def test_idempotent_request_waits_for_a_worker_that_appears_late(busd: BusdProcess, retries: _Retries) -> None:
     service = f"snap.{uuid.uuid4().hex[:8]}"
     stop, served = threading.Event(), []
 
@@ -139,7 +101,7 @@ def test_idempotent_request_waits_for_a_worker_that_appears_late(busd: Busd, ret
         thread.join(WAIT_S)
 
 
-def test_non_idempotent_request_raises_at_once(busd: Busd, retries: _Retries) -> None:
+def test_non_idempotent_request_raises_at_once(busd: BusdProcess, retries: _Retries) -> None:
     service = f"orders.{uuid.uuid4().hex[:8]}"
     with BusClient(busd.endpoints, "caller") as bus:
         started = time.monotonic()
@@ -151,7 +113,7 @@ def test_non_idempotent_request_raises_at_once(busd: Busd, retries: _Retries) ->
     assert retries.count == 0
 
 
-def test_idempotent_request_survives_a_busd_restart(busd: Busd, retries: _Retries) -> None:
+def test_idempotent_request_survives_a_busd_restart(busd: BusdProcess, retries: _Retries) -> None:
     service = f"snap.{uuid.uuid4().hex[:8]}"
     stop, served = threading.Event(), []
     worker = threading.Thread(target=serve, args=(busd.endpoints, service, stop, served), daemon=True)
@@ -175,7 +137,7 @@ def test_idempotent_request_survives_a_busd_restart(busd: Busd, retries: _Retrie
         worker.join(WAIT_S)
 
 
-def test_non_idempotent_request_does_not_retry_while_busd_is_down(busd: Busd, retries: _Retries) -> None:
+def test_non_idempotent_request_does_not_retry_while_busd_is_down(busd: BusdProcess, retries: _Retries) -> None:
     with BusClient(busd.endpoints, "caller") as bus:
         caller = bus.rpc_client()
         busd.kill()

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from bus_harness import WAIT_S, BusdProcess, unique, wait_until
 import zmq
 
 from bus.client import BusClient, Subscriber
@@ -34,26 +31,6 @@ from schema import messages as m
 from schema.messages import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-REPO = Path(__file__).resolve().parents[2]
-WAIT_S = 10.0
-POLL_S = 0.01
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(POLL_S)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
 
 def bar(i: int, symbol: str = "ESZ4") -> m.BarClosed:
     return m.BarClosed(symbol=symbol, interval="1m", ts_ns=i, open=Decimal(1), high=Decimal(1), low=Decimal(1),
@@ -71,43 +48,12 @@ def raw(topic: str, body: m.Message, *, source: str = "raw", epoch: str = "e1", 
 # ---------------------------------------------------------------------------------- processes
 
 
-class Busd:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.endpoints = Endpoints.for_state_dir(state)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        # A long startup grace: a service whose worker has not registered yet is "no worker"
-        # (retried by idempotent calls), not "unknown".
-        with open(self.state / "busd.log", "w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bus.busd", "--state-dir", str(self.state), "--no-journal",
-                 "--startup-grace-s", "60"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        proc, ready = self.proc, self.endpoints.ready_file
-        assert ready is not None
-
-        def is_ready() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"busd exited with {proc.returncode}: {(self.state / 'busd.log').read_text()}")
-            return ready.exists() and ready.read_text().strip() == str(proc.pid)
-
-        wait_until(is_ready, "busd's ready file")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT_S)
-
-
 @pytest.fixture(scope="module")
-def busd() -> Iterator[Busd]:
+def busd() -> Iterator[BusdProcess]:
     state = Path(tempfile.mkdtemp(prefix="tbrs", dir="/tmp"))
-    process = Busd(state)
+    # A long startup grace: a service whose worker has not registered yet is "no worker"
+    # (retried by idempotent calls), not "unknown".
+    process = BusdProcess(state, ("--no-journal", "--startup-grace-s", "60"))
     try:
         process.start()
         yield process
@@ -117,7 +63,7 @@ def busd() -> Iterator[Busd]:
 
 
 @pytest.fixture
-def clients(busd: Busd) -> Iterator[Callable[[str], BusClient]]:
+def clients(busd: BusdProcess) -> Iterator[Callable[[str], BusClient]]:
     made: list[BusClient] = []
 
     def make(source: str) -> BusClient:
@@ -219,7 +165,7 @@ def read_until(resync: Resync, done: Callable[[list[int]], bool], what: str) -> 
 
 
 def test_sequence_gap_takes_one_snapshot_drops_stale_updates_and_logs_the_gap(
-    busd: Busd, clients: Callable[[str], BusClient], caplog: pytest.LogCaptureFixture
+    busd: BusdProcess, clients: Callable[[str], BusClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a strategy-like consumer in step with bars of `topic`, whose owner serves snapshots
     topic, warm, service = f"md.{unique('ES')}.bar.1m", unique("warm."), unique("marketdata.")
@@ -283,7 +229,7 @@ def test_sequence_gap_takes_one_snapshot_drops_stale_updates_and_logs_the_gap(
 
 
 def test_owner_restart_resyncs_once_from_the_new_life_and_loses_nothing(
-    busd: Busd, clients: Callable[[str], BusClient], owners: Callable[..., Owner]
+    busd: BusdProcess, clients: Callable[[str], BusClient], owners: Callable[..., Owner]
 ) -> None:
     # Given an owner publishing bars 1, 2 and a consumer in step with it (snapshot over RPC)
     topic, service, source = f"md.{unique('NQ')}.bar.1m", unique("account."), unique("acct-")
@@ -315,7 +261,7 @@ def test_owner_restart_resyncs_once_from_the_new_life_and_loses_nothing(
 
 
 def test_late_joiner_gets_the_snapshot_then_every_newer_update_exactly_once(
-    busd: Busd, clients: Callable[[str], BusClient], owners: Callable[..., Owner]
+    busd: BusdProcess, clients: Callable[[str], BusClient], owners: Callable[..., Owner]
 ) -> None:
     # Given an owner that is already streaming when the consumer joins
     topic, service = f"md.{unique('CL')}.bar.1m", unique("marketdata.")
@@ -346,7 +292,7 @@ def test_late_joiner_gets_the_snapshot_then_every_newer_update_exactly_once(
 
 
 def test_messages_older_than_the_threshold_make_the_subscriber_lag_loudly_then_recover(
-    busd: Busd, clients: Callable[[str], BusClient], caplog: pytest.LogCaptureFixture
+    busd: BusdProcess, clients: Callable[[str], BusClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a subscriber with a 1 s lag threshold and a connected raw publisher
     topic = unique("lag.")
@@ -387,7 +333,7 @@ def test_messages_older_than_the_threshold_make_the_subscriber_lag_loudly_then_r
     assert sub.lag is not None and sub.lag.episodes == 1 and sub.lag.late == 3
 
 
-def test_a_paused_consumer_is_lagging_and_catches_up(busd: Busd, clients: Callable[[str], BusClient]) -> None:
+def test_a_paused_consumer_is_lagging_and_catches_up(busd: BusdProcess, clients: Callable[[str], BusClient]) -> None:
     # Given a subscriber (threshold 0.3 s) and a publisher whose path is proven
     topic = unique("pause.")
     bus = clients("paused")
