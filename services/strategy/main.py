@@ -80,6 +80,7 @@ class StrategyService:
         self.subscriber: Any = None
         self.worker: Any = None
         self.resync: Resync | None = None
+        self.roll_checked: tuple[Any, str] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -240,9 +241,14 @@ class StrategyService:
 
     def _roll_if_due(self, bar_ts_ns: int) -> None:
         day = datetime.fromtimestamp(bar_ts_ns / 1e9, tz=UTC).date()
+        if (day, self.session.contract) == self.roll_checked:
+            return  # one look per day and contract: the answer only changes with the date
         target = rolls.roll_target(self.session.contract, day)
-        if target is None or SessionState(self.store.get_session(self.session.name).state) is not SessionState.TRADING:
+        if target is None:
+            self.roll_checked = (day, self.session.contract)
             return
+        if SessionState(self.store.get_session(self.session.name).state) is not SessionState.TRADING:
+            return  # (halted on the roll date: the roll starts on the first bar after resume)
         self._run_roll(self._begin_roll(target, f"roll date of {self.session.contract} reached ({day})"))
 
     def _begin_roll(self, target: str, reason: str) -> RollInfo:

@@ -36,10 +36,11 @@ SESSION = "es-sma"
 class Parts:
     """busd + venue-sim + account processes of one session, started by hand."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_toml: str = "") -> None:
         self.root = root
         self.port = free_port()
-        self.env = prepare_root(root, f"[venue_sim]\nport = {self.port}\npace_s = 0.1\nhistory_bars = 20\n")
+        self.env = prepare_root(root, f"[venue_sim]\nport = {self.port}\npace_s = 0.1\nhistory_bars = 20\n"
+                                      + extra_toml)
         self.env.pop(CRASH_ENV, None)
         subprocess.run([str(BIN / "tradebus"), "init"], env=self.env, check=True, capture_output=True)
         self.procs: list[subprocess.Popen[bytes]] = []

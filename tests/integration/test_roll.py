@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -19,18 +20,20 @@ import sqlalchemy as sa
 from engine_tree import wait_until
 from test_recovery import BIN, SESSION, Parts
 
-from brokers.instruments import next_contract
+from brokers.instruments import front_contract, next_contract, roll_date
+from bus.envelope import now_ns
 from schema import messages as m
 from schema.enums import OrderStatus, SessionState
 from services.rolls import Leg, roll_signal
+from services.sessions import today_utc
 from services.testhooks import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.integration
 
 
 class RollParts(Parts):
-    def __init__(self, root) -> None:
-        super().__init__(root)
+    def __init__(self, root, extra_toml: str = "") -> None:
+        super().__init__(root, extra_toml)
         # A slow average this long never crosses during a test: every order here is the test's or
         # the roll's own, so positions can be checked exactly.
         with self.store.engine.begin() as conn:
@@ -166,3 +169,32 @@ def test_flatten_halts_cancels_and_closes(parts: RollParts) -> None:
     assert parts.state() is SessionState.HALTED
     assert parts.store.get_order(resting).status is OrderStatus.CANCELLED
     assert parts.venue_position(old) == 0
+
+
+def test_a_roll_starts_by_itself_on_the_roll_date(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Bars dated on the contract's roll date (from a CSV the simulator replays) start the roll."""
+
+    root = tmp_path_factory.mktemp("autoroll")
+    contract = front_contract("ES", today_utc(now_ns()))
+    day = roll_date(contract)
+    start = datetime(day.year, day.month, day.day, 14, 0, tzinfo=timezone.utc)
+    rows = ["Date,Open,High,Low,Close,Volume"]
+    for i in range(120):
+        t = start + timedelta(minutes=i)
+        rows.append(f"{t:%Y-%m-%d %H:%M:%S},5000.00,5001.00,4999.00,5000.25,100")
+    (root / "es.csv").write_text("\n".join(rows) + "\n")
+
+    parts = RollParts(root, f'[venue_sim.csv]\n{contract} = "{root / "es.csv"}"\n')
+    try:
+        parts.start_infrastructure()
+        parts.start_session()
+        wait_until(lambda: parts.store.get_session(SESSION).contract == next_contract(contract)
+                   and parts.state() is SessionState.TRADING, timeout=60, what="the roll on its roll date")
+        assert f"roll date of {contract} reached ({day})" in parts.log("strategy")
+        assert parts.store.active_roll(SESSION) is None
+    except BaseException:
+        for name in ("venue-sim", "account", "marketdata", "strategy"):
+            print(f"--- {name}\n" + "\n".join(parts.log(name).splitlines()[-25:]))
+        raise
+    finally:
+        parts.close()
