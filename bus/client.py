@@ -59,6 +59,20 @@ RETRY_BASE_S = 0.05  # backoff between attempts: doubles from here...
 RETRY_CAP_S = 0.5  # ...up to here
 LAG_THRESHOLD_S = 2.0  # a message delivered this long after it was sent is stale: the consumer is lagging
 LAG_LOG_EVERY_S = 10.0  # while lagging, say so again at most this often (the first time: at once)
+TOPIC_CACHE = 4096  # topic frames (bytes -> str) remembered per Publisher/Subscriber; cleared when full
+
+# Hot path, as in busd: flags as plain ints (pyzmq's enum flags cost an enum operation per frame),
+# frames sent one by one with ``send`` (``send_multipart`` type-checks every part and ORs enum
+# flags in Python), received with ``copy=False`` (``recv_multipart`` asks for RCVMORE with a
+# Python-level getsockopt per frame; a Frame carries ``more``), and ``zmq_poll`` on one socket
+# instead of ``Socket.poll`` (which builds a Poller each time). ZeroMQ delivers multipart messages
+# atomically: once the first frame of a message is accepted, the rest are too.
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+POLLIN = int(zmq.POLLIN)
+_zmq_poll = zmq.zmq_poll
+_time_ns = time.time_ns
+_monotonic = time.monotonic
 
 logger = logging.getLogger("bus.client")
 
@@ -71,6 +85,32 @@ class _Closable(Protocol):
 
 
 C = TypeVar("C", bound=_Closable)
+
+
+def _rest(recv: Callable[..., zmq.Frame]) -> list[bytes]:
+    """The remaining frames of a message whose last frame so far said ``more``."""
+    frames = []
+    while True:
+        frame = recv(NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+        if not frame.more:
+            return frames
+
+
+def _recv_frames(recv: Callable[..., zmq.Frame]) -> list[bytes]:
+    """One whole message, without waiting (raises ``zmq.Again`` if none is queued)."""
+    frame = recv(NOBLOCK, copy=False)
+    if not frame.more:
+        return [frame.bytes]
+    return [frame.bytes, *_rest(recv)]
+
+
+def _send_frames(send: Callable[..., object], frames: list[bytes]) -> None:
+    """Send one message without waiting; raises ``zmq.Again`` (nothing sent) if it is refused."""
+    last = len(frames) - 1
+    for i in range(last):
+        send(frames[i], NOBLOCK_MORE)
+    send(frames[last], NOBLOCK)
 
 
 class BusClient:
@@ -131,7 +171,7 @@ class BusClient:
                  event_ns: int | None = None, correlation_id: str | None = None,
                  causation_id: str | None = None) -> Envelope:
         """A new envelope from this process (ids and send time filled in)."""
-        stamp = now_ns()
+        stamp = _time_ns()
         return Envelope(SCHEMA_VERSION, body.TYPE, topic, self.source, self.epoch, seq, new_id(),
                         correlation_id, causation_id, session,
                         stamp if event_ns is None else event_ns, stamp, body)
@@ -179,25 +219,45 @@ class Publisher:
         self.socket = bus._socket(zmq.PUB, sndhwm=PUB_SNDHWM, linger=PUB_LINGER_MS)
         self.socket.connect(bus.endpoints.pub_in)
         self.published = 0
+        self._topics: dict[str, bytes] = {}  # topic -> its frame
 
     def publish(self, topic: str, body: Message, *, session: str | None = None,
                 event_ns: int | None = None, correlation_id: str | None = None,
                 causation_id: str | None = None) -> Envelope:
         """Send ``body`` on ``topic``; returns the envelope as sent. Raises ``MalformedMessage``
         (nothing sent) if the body cannot go on the wire (e.g. a float where money belongs)."""
-        if not topic:
-            raise ValueError("topic must not be empty")
-        seq = self.bus._next_seq(topic)
-        envelope = self.bus.envelope(topic, body, seq=seq, session=session, event_ns=event_ns,
-                                     correlation_id=correlation_id, causation_id=causation_id)
+        # The hot path of every producer: ``BusClient._next_seq`` and ``BusClient.envelope``
+        # inlined (same lock, same fields), one clock call, the topic frame cached.
+        topic_b = self._topics.get(topic)
+        if topic_b is None:
+            topic_b = self._topic_frame(topic)
+        bus = self.bus
+        seqs = bus._seqs
+        with bus._lock:
+            seq = seqs.get(topic, 0) + 1
+            seqs[topic] = seq
+        stamp = _time_ns()
+        envelope = Envelope(SCHEMA_VERSION, body.TYPE, topic, bus.source, bus.epoch, seq, new_id(),
+                            correlation_id, causation_id, session,
+                            stamp if event_ns is None else event_ns, stamp, body)
         try:
             data = encode(envelope)
         except MalformedMessage:
-            self.bus._release_seq(topic, seq)
+            bus._release_seq(topic, seq)
             raise
-        self.socket.send_multipart([topic.encode(), data], zmq.NOBLOCK)
+        send = self.socket.send
+        send(topic_b, NOBLOCK_MORE)  # PUB never refuses a message: past the HWM it drops it whole
+        send(data, NOBLOCK)
         self.published += 1
         return envelope
+
+    def _topic_frame(self, topic: str) -> bytes:
+        if not topic:
+            raise ValueError("topic must not be empty")
+        if len(self._topics) >= TOPIC_CACHE:
+            self._topics.clear()
+        topic_b = self._topics[topic] = topic.encode()
+        return topic_b
 
     def close(self) -> None:
         if not self.socket.closed:
@@ -305,6 +365,7 @@ class Subscriber:
         self.out_of_order = 0
         self.last_gap: Gap | None = None
         self._streams: dict[tuple[str, str], tuple[str, int]] = {}  # (source, topic) -> (epoch, seq)
+        self._ours: dict[bytes, str] = {}  # topic frames known to match a subscription -> topic
         self._pending: deque[Envelope] = deque()
         self._probe: str | None = None
         self._probe_seen = False
@@ -323,32 +384,42 @@ class Subscriber:
     def unsubscribe(self, topic: str) -> None:
         if topic in self._prefixes:
             self._prefixes.remove(topic)
+            self._ours.clear()  # messages still queued for the old prefix must not pass as ours
             self.socket.unsubscribe(topic.encode())
 
     def recv(self, timeout_ms: int | None = 0) -> Envelope | None:
         """The next valid message, or None after ``timeout_ms`` (0: don't wait; None: forever).
         Malformed messages are counted in ``malformed``, logged and skipped."""
         envelope = self._next(timeout_ms)
-        if envelope is not None and self.lag is not None:
-            self._observe_lag(envelope, self.lag)
+        if envelope is not None and (monitor := self.lag) is not None:
+            now = self._clock()
+            lag = now - envelope.send_ns
+            if lag <= monitor.threshold_ns and not monitor.lagging:
+                monitor.lag_ns = lag if lag > 0 else 0  # LagMonitor.observe's whole effect here
+            else:
+                self._observe_lag(envelope, monitor, now)
         return envelope
 
     def _next(self, timeout_ms: int | None) -> Envelope | None:
         if self._pending:
             return self._pending.popleft()
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        sock = self.socket
+        recv = sock.recv
+        deadline = None  # taken at the first wait, so a message already queued costs no clock call
         while True:
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                first = recv(NOBLOCK, copy=False)
             except zmq.Again:
-                if deadline is None:
-                    self.socket.poll(None)
+                if timeout_ms is None:
+                    _zmq_poll([(sock, POLLIN)], -1)
                     continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.socket.poll(math.ceil(remaining * 1000)):
+                if deadline is None:
+                    deadline = _monotonic() + timeout_ms / 1000
+                remaining = deadline - _monotonic()
+                if remaining <= 0 or not _zmq_poll([(sock, POLLIN)], math.ceil(remaining * 1000)):
                     return None
                 continue
-            envelope = self._accept(frames)
+            envelope = self._accept_frames(first, recv)
             if envelope is not None:
                 return envelope
             if self._pending:
@@ -383,8 +454,8 @@ class Subscriber:
 
     # ------------------------------------------------------------------ internals
 
-    def _observe_lag(self, envelope: Envelope, monitor: LagMonitor) -> None:
-        verdict = monitor.observe(envelope.send_ns, self._clock())
+    def _observe_lag(self, envelope: Envelope, monitor: LagMonitor, now: int | None = None) -> None:
+        verdict = monitor.observe(envelope.send_ns, self._clock() if now is None else now)
         if verdict == LagMonitor.LAGGING:
             log(logger, "lagging", logging.ERROR, topic=envelope.topic, source=envelope.source,
                 lag_ms=monitor.lag_ns // 1_000_000, max_lag_ms=monitor.max_lag_ns // 1_000_000,
@@ -401,32 +472,49 @@ class Subscriber:
             self._pending.popleft()
 
     def _read_available(self) -> None:
+        recv = self.socket.recv
         while True:
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                first = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            envelope = self._accept(frames)
+            envelope = self._accept_frames(first, recv)
             if envelope is not None:
                 self._pending.append(envelope)
+
+    def _accept_frames(self, first: zmq.Frame, recv: Callable[..., zmq.Frame]) -> Envelope | None:
+        """``_accept`` for a message whose first frame has just been received (the rest follow)."""
+        if not first.more:
+            return self._accept([first.bytes])
+        second = recv(NOBLOCK, copy=False)  # a multipart message arrives whole: no Again
+        if second.more:
+            return self._accept([first.bytes, second.bytes, *_rest(recv)])
+        return self._accept2(first.bytes, second.bytes)
 
     def _accept(self, frames: list[bytes]) -> Envelope | None:
         """Validate one message and track its stream; None if it is not for the owner."""
         if len(frames) != 2:
             self._malformed(f"expected 2 frames [topic, envelope], got {len(frames)}", None)
             return None
-        topic_b, data = frames
-        try:
-            topic = topic_b.decode("utf-8")
-        except UnicodeDecodeError:
-            self._malformed("topic frame is not UTF-8", None)
-            return None
-        if topic.startswith(PROBE_PREFIX):
-            if topic == self._probe:
-                self._probe_seen = True
-            return None
-        if not any(topic_names.matches(prefix, topic) for prefix in self._prefixes):
-            return None  # a byte-prefix match only (order.s10 for order.s1): not ours
+        return self._accept2(frames[0], frames[1])
+
+    def _accept2(self, topic_b: bytes, data: bytes) -> Envelope | None:
+        topic = self._ours.get(topic_b)
+        if topic is None:
+            try:
+                topic = topic_b.decode("utf-8")
+            except UnicodeDecodeError:
+                self._malformed("topic frame is not UTF-8", None)
+                return None
+            if topic.startswith(PROBE_PREFIX):
+                if topic == self._probe:
+                    self._probe_seen = True
+                return None
+            if not any(topic_names.matches(prefix, topic) for prefix in self._prefixes):
+                return None  # a byte-prefix match only (order.s10 for order.s1): not ours
+            if len(self._ours) >= TOPIC_CACHE:
+                self._ours.clear()
+            self._ours[topic_b] = topic
         try:
             envelope = decode(data)
         except MalformedMessage as exc:
@@ -437,7 +525,14 @@ class Subscriber:
                             envelope.source)
             return None
         self.received += 1
-        self._track(envelope)
+        # ``_track``'s common case inline: the next message of a known stream, same epoch.
+        key = (envelope.source, topic)
+        previous = self._streams.get(key)
+        seq = envelope.seq
+        if previous is not None and seq == previous[1] + 1 and previous[0] == envelope.epoch:
+            self._streams[key] = (previous[0], seq)
+        else:
+            self._track(envelope)
         return envelope
 
     def _track(self, envelope: Envelope) -> None:
@@ -522,7 +617,7 @@ class RpcClient:
                       idempotent: bool = False) -> Envelope:
         """Like ``call`` but returns the whole reply envelope."""
         deadline = time.monotonic() + timeout_s
-        deadline_ns = max(NO_DEADLINE + 1, now_ns() + int(timeout_s * 1e9))
+        deadline_ns = max(NO_DEADLINE + 1, _time_ns() + int(timeout_s * 1e9))
         if not idempotent:
             return self._attempt(service, body, session, causation_id, deadline, deadline_ns, timeout_s, set())
         attempt_s = max(IDEMPOTENT_ATTEMPT_MIN_S, timeout_s / IDEMPOTENT_ATTEMPTS)
@@ -560,13 +655,15 @@ class RpcClient:
         frames = [PROTOCOL, REQ, service.encode(), deadline_ns.to_bytes(DEADLINE_BYTES, "big"), data]
         self._send(frames, deadline, service, timeout_s)
         sent.add(request.message_id)
+        sock = self.socket
+        recv = sock.recv
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(math.ceil(remaining * 1000)):
+            remaining = deadline - _monotonic()
+            if remaining <= 0 or not _zmq_poll([(sock, POLLIN)], math.ceil(remaining * 1000)):
                 raise RequestTimeout(f"no reply from {service!r} within {timeout_s}s "
                                      f"(request {request.message_id}); outcome unknown")
             try:
-                reply_frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                reply_frames = _recv_frames(recv)
             except zmq.Again:
                 continue
             reply = self._reply(reply_frames, sent)
@@ -583,7 +680,7 @@ class RpcClient:
             if not self.socket.poll(math.ceil(remaining * 1000)):
                 return
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(self.socket.recv)
             except zmq.Again:
                 continue
             try:
@@ -597,7 +694,7 @@ class RpcClient:
     def _send(self, frames: list[bytes], deadline: float, service: str, timeout_s: float) -> None:
         while True:
             try:
-                self.socket.send_multipart(frames, zmq.NOBLOCK)
+                _send_frames(self.socket.send, frames)
                 return
             except zmq.Again:
                 remaining = deadline - time.monotonic()
@@ -680,7 +777,7 @@ class RpcWorker:
     def heartbeat(self, *, force: bool = False) -> None:
         """Register/refresh with busd, at most every HEARTBEAT_S. Cheap: call it every loop turn.
         After a busd restart, the next one re-registers this worker."""
-        now = time.monotonic()
+        now = _monotonic()
         if not force and now - self._last_heartbeat < HEARTBEAT_S:
             return
         try:
@@ -693,18 +790,20 @@ class RpcWorker:
     def recv(self, timeout_ms: int | None = 0) -> Request | None:
         """The next valid request, or None after ``timeout_ms`` (0: don't wait; None: forever).
         Heartbeats keep going while it waits."""
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        deadline = None if timeout_ms is None else _monotonic() + timeout_ms / 1000
+        sock = self.socket
+        recv = sock.recv
         while True:
             self.heartbeat()
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(recv)
             except zmq.Again:
                 # Until a READY has gone out, look again soon; afterwards, once per heartbeat.
                 slice_s = HEARTBEAT_S if self.registered_at is not None else SEND_RETRY_S
-                wait_s = slice_s if deadline is None else min(slice_s, deadline - time.monotonic())
+                wait_s = slice_s if deadline is None else min(slice_s, deadline - _monotonic())
                 if wait_s <= 0:
                     return None
-                self.socket.poll(math.ceil(wait_s * 1000))
+                _zmq_poll([(sock, POLLIN)], math.ceil(wait_s * 1000))
                 continue
             request = self._accept(frames)
             if request is not None:
@@ -741,7 +840,7 @@ class RpcWorker:
 
     def _send_raw(self, route: bytes, data: bytes) -> None:
         try:
-            self.socket.send_multipart([PROTOCOL, REP, route, data], zmq.NOBLOCK)
+            _send_frames(self.socket.send, [PROTOCOL, REP, route, data])
         except zmq.Again:
             self.undeliverable += 1
             log(logger, "reply_undeliverable", logging.WARNING, reason="busd unreachable")
@@ -771,7 +870,7 @@ class RpcWorker:
                                f"this worker does not serve {service!r}")
             return None
         request = Request(envelope, service, route, int.from_bytes(deadline_b, "big"))
-        if request.expired(now_ns()):
+        if request.expired(_time_ns()):
             self.expired += 1
             log(logger, "request_expired", logging.WARNING, service=service, type=envelope.type,
                 source=envelope.source)

@@ -11,11 +11,12 @@ message type, then decodes the body with that type's cached decoder. Anything wr
 ``MalformedMessage`` whose reason names the problem (size, not msgpack, which field, which type).
 
 Fast path (same checks, one pass): when the first bytes are a 13-element array, this schema version
-and a short type string of a known type, the whole message is decoded in one go with that type's
-wire decoder (the header fields exactly as ``_Header`` declares them, the body typed). Only if that
-fails does the two-step decode above run, to find and name the problem; so a message passes the fast
-path only if the two-step decode would pass it too. ``check`` is the same without building an
-``Envelope``, for busd, which only needs to know that a message is valid and a few header fields.
+and a short type string of a known type, the whole message is decoded in one go, straight into an
+``Envelope``, with that type's wire decoder (``Envelope[Type]``: the header fields with the same
+constraints as ``_Header``, the body typed). Only if that fails does the two-step decode above run,
+to find and name the problem; so a message passes the fast path only if the two-step decode would
+pass it too. ``check`` is the same for busd, which only needs to know that a message is valid and a
+few header fields.
 
 Money: msgspec writes ``Decimal`` as a string. It would also *accept* a float for a Decimal field
 (and a careless ``Struct(...)`` call can hold one, since Structs do not type-check on init), so
@@ -30,18 +31,18 @@ import re
 from operator import attrgetter
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from msgspec import inspect as mi
 
-from bus.envelope import Envelope
+from bus.envelope import Envelope, NonEmpty, Seq
 from bus.errors import MalformedMessage
 from schema.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message; stops memory abuse early
 
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+_NonEmpty = NonEmpty  # the same constraints as the Envelope's fields (the fast path decodes those)
 
 
 class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -52,7 +53,7 @@ class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     topic: _NonEmpty
     source: _NonEmpty
     epoch: _NonEmpty
-    seq: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Seq
     message_id: _NonEmpty
     correlation_id: str | None
     causation_id: str | None
@@ -64,6 +65,8 @@ class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 
 HEADER_FIELDS: tuple[str, ...] = _Header.__struct_fields__
 assert HEADER_FIELDS == Envelope.__struct_fields__, "wire header and Envelope must agree"
+assert [f.type for f in msgspec.structs.fields(_Header)][:-1] == \
+    [f.type for f in msgspec.structs.fields(Envelope)][:-1], "wire header and Envelope must agree on types"
 
 _ENCODER = msgspec.msgpack.Encoder()
 _HEADER_DECODER = msgspec.msgpack.Decoder(_Header)
@@ -129,13 +132,13 @@ def encode(envelope: Envelope) -> bytes:
 
 _ARRAY_13 = 0x9D  # msgpack fixarray of 13 elements: the twelve header fields and the body
 _FIXSTR, _FIXSTR_MAX_LEN = 0xA0, 0x1F
-_WIRE_FIELDS = [(f.name, f.type) for f in msgspec.structs.fields(_Header) if f.name != "body"]
 # Type name (UTF-8) -> (decoder of the whole message, refuse_floats); see ``_wire_codec``.
 _WIRE: dict[bytes, tuple[msgspec.msgpack.Decoder, bool]] = {}
 
 
 def _wire_codec(type_name: bytes) -> tuple[msgspec.msgpack.Decoder, bool] | None:
-    """The one-pass decoder for messages of ``type_name``: ``_Header`` with the body typed."""
+    """The one-pass decoder for messages of ``type_name``: ``Envelope`` with the body typed (it
+    decodes to a plain ``Envelope``; the header fields have the same constraints as ``_Header``)."""
     found = _WIRE.get(type_name)
     if found is not None:
         return found
@@ -145,14 +148,12 @@ def _wire_codec(type_name: bytes) -> tuple[msgspec.msgpack.Decoder, bool] | None
         return None
     if codec is None:
         return None
-    wire = msgspec.defstruct(f"_Wire_{codec.cls.__name__}", [*_WIRE_FIELDS, ("body", codec.cls)],
-                             array_like=True, forbid_unknown_fields=True)
-    found = _WIRE[type_name] = (msgspec.msgpack.Decoder(wire), codec.refuse_floats)
+    found = _WIRE[type_name] = (msgspec.msgpack.Decoder(Envelope[codec.cls]), codec.refuse_floats)
     return found
 
 
-def _fast(data: bytes) -> Any:
-    """The decoded wire struct of a valid message of a known type, or None: ask the slow path
+def _fast(data: bytes) -> Envelope | None:
+    """The decoded Envelope of a valid message of a known type, or None: ask the slow path
     (which either accepts the message too, or names what is wrong with it)."""
     if len(data) < 4 or data[0] != _ARRAY_13 or data[1] != SCHEMA_VERSION:
         return None
@@ -173,8 +174,8 @@ def _fast(data: bytes) -> Any:
 
 
 def check(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Any:
-    """Fully validate one envelope without building an ``Envelope``: returns an object with the
-    same header attributes (``type``, ``topic``, ``message_id``, ``session``, ...), or raises
+    """Fully validate one envelope: returns it (an ``Envelope``, or an object with the same header
+    attributes: ``type``, ``topic``, ``message_id``, ``session``, ...), or raises
     ``MalformedMessage`` exactly as ``decode`` does."""
     if len(data) <= max_size:
         wire = _fast(data)
@@ -193,10 +194,9 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Envelope:
     size = len(data)
     if size > max_size:
         raise MalformedMessage(f"message too large: {size} bytes (limit {max_size})")
-    w = _fast(data)
-    if w is not None:
-        return Envelope(w.version, w.type, w.topic, w.source, w.epoch, w.seq, w.message_id,
-                        w.correlation_id, w.causation_id, w.session, w.event_ns, w.send_ns, w.body)
+    envelope = _fast(data)
+    if envelope is not None:
+        return envelope
     try:
         h = _HEADER_DECODER.decode(data)
     except msgspec.ValidationError as exc:

@@ -4,8 +4,11 @@ Each command measures, in one run and on the same machine, three ways of moving 
 
 * ``raw_bytes``   raw pyzmq, the same socket pattern, pre-encoded bytes (only an 16-byte
                   ``seq, send time`` header is packed per message);
-* ``raw_msgpack`` the same, with ``msgpack.packb``/``unpackb`` of a dict comparable to the
-                  tradebus message (Decimals as strings);
+* ``raw_msgpack`` the same, with ``msgpack.packb``/``unpackb`` of a dict that carries what the
+                  tradebus envelope carries: the same header fields under the same names with
+                  the same kind of values (schema version, type, topic, source, epoch, seq, a
+                  fresh message id, correlation/causation ids, session, event and send time)
+                  and the same body (Decimals as strings), see ``envelope_dict_maker``;
 * ``tradebus``    the real thing: a ``python -m bus.busd`` subprocess (journal on) with
                   ``BusClient`` endpoints on both sides.
 
@@ -67,6 +70,8 @@ STOP_TIMEOUT_S = 5.0
 BAR_TOPIC = "md.BTCUSDT.bar.1m"
 RPC_SERVICE = "bench.account"
 PROBE_TOPIC = b"_bench_probe"
+REQUEST_TYPE = "account.snapshot"  # AccountSnapshotRequest.TYPE / AccountSnapshot.TYPE, for the raw
+REPLY_TYPE = "account.snapshot.reply"  # msgpack envelopes (checked against schema in _tradebus_rpc)
 HEADER = struct.Struct("<qq")  # seq, send perf_counter_ns (raw_bytes pub/sub only)
 
 # Targets from the issue.
@@ -225,6 +230,38 @@ def snapshot_reply_dict() -> dict[str, Any]:
     return {"session": "bench", "symbol": "BTCUSDT", "position": "1.5", "open_orders": []}
 
 
+ENVELOPE_MESSAGE_ID, ENVELOPE_SESSION, ENVELOPE_BODY = 6, 9, 12  # positions in the wire header
+
+
+def envelope_dict_maker() -> Callable[..., list[Any]]:
+    """``envelope_dict(type, topic, source, epoch, seq, body, *, correlation_id=None,
+    causation_id=None, session=None)``: what a tradebus envelope carries, for plain ``msgpack``:
+    the header fields of ``bus.envelope.Envelope`` in the same order with the values tradebus
+    fills in (a fresh message id from the same ``new_id``, one wall-clock stamp for event and send
+    time), then the body dict — laid out as tradebus lays it out on the wire (header as an array,
+    body as a map), so both sides move the same bytes: ``payload_bytes``, ``request_bytes`` and
+    ``reply_bytes`` in the results show it. (Imports are done here, once: not per message.)"""
+    from bus.envelope import new_id
+    from schema.messages import SCHEMA_VERSION
+
+    time_ns = time.time_ns
+
+    def envelope_dict(type_: str, topic: str, source: str, epoch: str, seq: int, body: dict[str, Any], *,
+                      correlation_id: str | None = None, causation_id: str | None = None,
+                      session: str | None = None) -> list[Any]:
+        stamp = time_ns()
+        return [SCHEMA_VERSION, type_, topic, source, epoch, seq, new_id(), correlation_id, causation_id, session,
+                stamp, stamp, body]
+
+    return envelope_dict
+
+
+def _bench_epoch() -> str:
+    from bus.envelope import new_id
+
+    return new_id()
+
+
 # ============================================================================ pub/sub
 
 
@@ -266,6 +303,11 @@ def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]
         payload = msgpack.packb(bar_dict(0, 0))  # the pre-encoded body for raw_bytes
         pack_header, unpack_header = HEADER.pack, HEADER.unpack_from
         packb, unpackb = msgpack.packb, msgpack.unpackb
+        # raw_msgpack: the same header as tradebus's envelope (see envelope_dict_maker), seq from 1.
+        epoch, envelope_dict = _bench_epoch(), envelope_dict_maker()
+        from schema.messages import BarClosed
+
+        BAR_TYPE = BarClosed.TYPE
         clock = time.perf_counter_ns
         send, recv, NOBLOCK = pub.send_multipart, sub.recv_multipart, zmq.NOBLOCK
         seen: set[int] = set()
@@ -278,7 +320,8 @@ def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]
                 if mode == "bytes":
                     send([topic, pack_header(sent, clock()) + payload])
                 else:
-                    send([topic, packb(bar_dict(sent, clock()))])
+                    send([topic, packb(envelope_dict(BAR_TYPE, BAR_TOPIC, "bench", epoch, sent + 1,
+                                                     bar_dict(sent, clock())))])
                 sent += 1
             if not sub.poll(int(STALL_S * 1000)):
                 break  # the rest are lost
@@ -293,7 +336,7 @@ def _raw_pubsub(ws: Workspace, n: int, window: int, mode: str) -> dict[str, Any]
                 if mode == "bytes":
                     seq, t_sent = unpack_header(frames[1])
                 else:
-                    body = unpackb(frames[1])
+                    body = unpackb(frames[1])[ENVELOPE_BODY]
                     seq, t_sent = body["index"], body["ts_ns"]
                 if not seen:
                     first = now
@@ -555,22 +598,31 @@ def _raw_rpc(ws: Workspace, n: int, mode: str) -> dict[str, Any]:
         packb, unpackb = msgpack.packb, msgpack.unpackb
         clock = time.perf_counter_ns
         timeout_ms = int(RPC_TIMEOUT_S * 1000)
+        epoch, envelope_dict = _bench_epoch(), envelope_dict_maker()
+        sizes: dict[str, int] = {}
+
+        def make_request() -> bytes:
+            if mode == "bytes":
+                return request
+            # what RpcClient.call sends: an envelope (seq 0) around the request
+            return packb(envelope_dict(REQUEST_TYPE, RPC_SERVICE, "bench-client", epoch, 0,
+                                       snapshot_request_dict()))
 
         def call() -> None:
-            if mode == "bytes":
-                sock.send(request)
-            else:
-                sock.send(packb(snapshot_request_dict()))
+            data = make_request()
+            sock.send(data)
             if not sock.poll(timeout_ms):
                 raise RuntimeError("raw rpc: no reply within the timeout")
             reply = sock.recv()
             if mode != "bytes":
                 unpackb(reply)
+            if not sizes:
+                sizes.update(request_bytes=len(data), reply_bytes=len(reply))
 
         # The router answers b"" until the worker has registered: wait for a real reply.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            sock.send(request)
+            sock.send(make_request())
             if sock.poll(timeout_ms) and sock.recv():
                 break
             if time.monotonic() > deadline:
@@ -584,7 +636,9 @@ def _raw_rpc(ws: Workspace, n: int, mode: str) -> dict[str, Any]:
             t0 = clock()
             call()
             latencies.append(clock() - t0)
-        return _rpc_result(latencies, clock() - start)
+        result = _rpc_result(latencies, clock() - start)
+        result.update(sizes)
+        return result
     finally:
         sock.close(0)
         ctx.term()
@@ -596,6 +650,7 @@ def _tradebus_rpc(ws: Workspace, n: int) -> dict[str, Any]:
     from bus.errors import NoWorker, UnknownService
     from schema.messages import AccountSnapshot, AccountSnapshotRequest
 
+    assert (AccountSnapshotRequest.TYPE, AccountSnapshot.TYPE) == (REQUEST_TYPE, REPLY_TYPE)
     busd, state = ws.busd()
     ws.helper("tb-worker", str(state))
     bus = BusClient(Endpoints.for_state_dir(state), "bench-client")
@@ -623,7 +678,13 @@ def _tradebus_rpc(ws: Workspace, n: int) -> dict[str, Any]:
             latencies.append(clock() - t0)
         assert isinstance(reply, AccountSnapshot), reply
         result = _rpc_result(latencies, clock() - start)
-        result.update({"journal": True, "stale": client.stale, "malformed": client.malformed})
+        from bus.codec import encode
+
+        request = bus.envelope(RPC_SERVICE, AccountSnapshotRequest(session="bench"))
+        answer = bus.envelope(RPC_SERVICE, reply, correlation_id=request.message_id,
+                              causation_id=request.message_id)
+        result.update({"request_bytes": len(encode(request)), "reply_bytes": len(encode(answer)),
+                       "journal": True, "stale": client.stale, "malformed": client.malformed})
     finally:
         bus.close()
         stop_process(busd)
@@ -733,6 +794,7 @@ def _role_raw_worker(args: argparse.Namespace, stop: threading.Event) -> None:
     _mark_ready(args.ready)
     reply = msgpack.packb(snapshot_reply_dict())
     packb, unpackb = msgpack.packb, msgpack.unpackb
+    epoch, envelope_dict = _bench_epoch(), envelope_dict_maker()
     recv, send, NOBLOCK = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
     while not stop.is_set():
         if not sock.poll(100):
@@ -744,9 +806,12 @@ def _role_raw_worker(args: argparse.Namespace, stop: threading.Event) -> None:
                 break
             if mode == "bytes":
                 send([route, reply])
-            else:
-                unpackb(data)
-                send([route, packb(snapshot_reply_dict())])
+            else:  # what RpcWorker.reply sends: an envelope in reply to the request's
+                request = unpackb(data)
+                message_id = request[ENVELOPE_MESSAGE_ID]
+                send([route, packb(envelope_dict(REPLY_TYPE, RPC_SERVICE, "bench-worker", epoch, 0,
+                                                 snapshot_reply_dict(), correlation_id=message_id,
+                                                 causation_id=message_id, session=request[ENVELOPE_SESSION]))])
 
 
 def _role_tb_worker(args: argparse.Namespace, stop: threading.Event) -> None:
@@ -833,3 +898,6 @@ def bench_rpc(count: int) -> None:
 
 if __name__ == "__main__":
     sys.exit(_helper_main(sys.argv[1:]))
+
+from services import bench_ttt as _bench_ttt  # noqa: E402,F401  (registers `bench tick-to-trade`)
+from services import bench_engine as _bench_engine  # noqa: E402,F401  (registers engine benches)
