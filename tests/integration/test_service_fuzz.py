@@ -276,6 +276,45 @@ def test_raw_garbage_on_the_router_is_refused_counted_and_answered_when_it_can_b
                       m.AccountSnapshot)
 
 
+def test_raw_garbage_published_is_dropped_counted_and_never_reaches_a_subscriber(
+        engine: Engine, unchanged: None) -> None:
+    """The pub/sub side: garbage pushed into busd's publication socket on a topic the session's own
+    processes listen to (an order topic) is dropped and counted; subscribers see only what was valid."""
+    topic = f"order.{SESSION}"
+    publisher = zmq.Context.instance().socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.connect(engine.bus.endpoints.pub_in)
+    listener = engine.bus.subscriber([topic])
+    sent = 0
+    try:
+        listener.wait_connected(engine.bus.publisher(), 10)
+        counted_before = busd_malformed_total(engine)
+        stats_seen = len(engine.records("busd", "stats"))
+
+        @FUZZ
+        @given(data=st.data())
+        def throw(data: st.DataObject) -> None:
+            nonlocal sent
+            payload = data.draw(garbage(topic))
+            try:
+                decode(payload)
+            except MalformedMessage:
+                publisher.send_multipart([topic.encode(), payload])
+                sent += 1
+
+        throw()
+        publisher.send_multipart([topic.encode(), b"\x00" * (MAX_MESSAGE_BYTES + 1)])
+        sent += 1
+        # Nothing malformed gets through: whatever the subscriber receives decoded and validated.
+        while (envelope := listener.recv(timeout_ms=500)) is not None:
+            assert envelope.source != "fuzzer", envelope
+    finally:
+        publisher.close()
+    wait_until(lambda: len(engine.records("busd", "stats")) > stats_seen
+               and busd_malformed_total(engine) - counted_before >= sent,
+               timeout=15, what=f"busd to count {sent} malformed publications")
+
+
 # ---------------------------------------------------------------------------------- (b) typed envelopes
 
 names = st.one_of(st.sampled_from(["", "no-such", OTHER, "ES", "x" * 1000]), st.text(max_size=40))
