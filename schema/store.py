@@ -707,14 +707,20 @@ class Store:
         except ConcurrentUpdate:
             return None
 
-    def acquire_session_lease(self, session_name: str, owner: str, ttl_ns: int, now_ns: int) -> Lease | None:
+    def acquire_session_lease(self, session_name: str, owner: str, ttl_ns: int, now_ns: int,
+                              dead_owner: str | None = None) -> Lease | None:
         """Take the session's lease (``session_lease_name``) and record owner and epoch on the
-        session row, in one transaction; order writes are then fenced by that epoch."""
+        session row, in one transaction; order writes are then fenced by that epoch.
+
+        ``dead_owner``: the caller has proof that this holder is gone (its process no longer
+        exists on this host), so its unexpired lease may be taken now rather than after it runs
+        out; the epoch still grows, so anything that holder might still write is fenced."""
 
         def attempt() -> Lease | None:
             with self._tx() as s:
                 row = _session_row(s, session_name)
-                lease = self._take_lease(s, session_lease_name(session_name), owner, ttl_ns, now_ns)
+                lease = self._take_lease(s, session_lease_name(session_name), owner, ttl_ns, now_ns,
+                                         dead_owner=dead_owner)
                 if lease is not None and (row.lease_owner != owner or row.lease_epoch != lease.epoch):
                     row.lease_owner = owner
                     row.lease_epoch = max(row.lease_epoch, lease.epoch)
@@ -1150,7 +1156,8 @@ class Store:
         )
         return _position_info(row)
 
-    def _take_lease(self, s: Session, name: str, owner: str, ttl_ns: int, now_ns: int) -> Lease | None:
+    def _take_lease(self, s: Session, name: str, owner: str, ttl_ns: int, now_ns: int,
+                    dead_owner: str | None = None) -> Lease | None:
         row = s.get(LeaseRow, name)
         if row is None:
             row = LeaseRow(name=name, owner=owner, epoch=1, expires_ns=now_ns + ttl_ns)
@@ -1158,7 +1165,7 @@ class Store:
             s.flush()  # a concurrent first acquire fails here (primary key): the retry re-reads
             return _lease(row)
         if row.owner != owner:
-            if row.owner is not None and row.expires_ns > now_ns:
+            if row.owner is not None and row.expires_ns > now_ns and row.owner != dead_owner:
                 return None
             row.owner = owner
             row.epoch += 1

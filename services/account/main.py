@@ -12,6 +12,8 @@ ids are unique in the database).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from decimal import Decimal
 
@@ -92,15 +94,21 @@ class AccountService:
         return f"account:{self.session.name}"
 
     def _acquire_lease(self) -> int:
+        dead: str | None = None
         while True:
             lease = self.store.acquire_session_lease(
-                self.session.name, self.shell.owner, ttl_ns=int(LEASE_TTL_S * 1e9), now_ns=now_ns())
+                self.session.name, self.shell.owner, ttl_ns=int(LEASE_TTL_S * 1e9), now_ns=now_ns(),
+                dead_owner=dead)
             if lease is not None:
-                log(self.log, "lease_acquired", session=self.session.name, epoch=lease.epoch)
+                log(self.log, "lease_acquired", session=self.session.name, epoch=lease.epoch,
+                    taken_from_dead_process=dead)
                 return lease.epoch
-            holder = self.store.get_lease(self._lease_name)
-            log(self.log, "waiting_for_lease", level=logging.WARNING, session=self.session.name,
-                holder=getattr(holder, "owner", None))
+            holder = getattr(self.store.get_lease(self._lease_name), "owner", None)
+            if holder is not None and holder != dead and owner_is_dead(holder):
+                # The holder was killed (a restart after kill -9): no need to wait its lease out.
+                dead = holder
+                continue
+            log(self.log, "waiting_for_lease", level=logging.WARNING, session=self.session.name, holder=holder)
             self.shell.pause(LEASE_RENEW_S)
 
     def _loop(self) -> None:
@@ -520,6 +528,23 @@ class EquityCache:
             log(self._log, "heat_not_measured", level=logging.WARNING,
                 reason="the broker cannot tell the account's equity and [risk] equity is not configured")
         return self._configured
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only with proof: ``owner`` (``host:pid:name``, see ``ProcessShell.owner``) names a
+    process on this host that no longer exists. Another host, or a pid that is alive (even a
+    recycled one), is not proof."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _order_request(order: OrderState):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -238,6 +239,20 @@ def test_a_second_copy_of_the_account_waits_and_is_fenced(parts: Parts) -> None:
                                  order_type="market", quantity=Decimal(1), limit_price=None, stop_price=None,
                                  time_in_force="day", epoch=epoch, now_ns=1)
     assert second.poll() is None
+
+
+def test_a_restart_after_kill_9_takes_the_dead_processes_lease_at_once(parts: Parts) -> None:
+    first = parts.start_account()
+    epoch = parts.store.get_session(SESSION).lease_epoch
+    lease = parts.store.get_lease(f"account:{SESSION}")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert lease.expires_ns > time.time_ns()  # still valid: a plain acquire would have to wait
+    parts.start_account(log="account2")
+    # Taken because its holder was proven dead, not waited out.
+    assert f'"taken_from_dead_process":"{lease.owner}"' in parts.log("account2")
+    assert '"action":"waiting_for_lease"' not in parts.log("account2")
+    assert parts.store.get_session(SESSION).lease_epoch > epoch
 
 
 def test_a_halted_session_sends_only_risk_reducing_orders(parts: Parts) -> None:
