@@ -116,6 +116,9 @@ DEFAULT_FILLS_LIMIT = 1000
 CONNECTION_IDLE_TIMEOUT_S = 60.0
 """An idle keep-alive connection (or a stalled stream write) is dropped after this long."""
 SHUTDOWN_JOIN_S = 5.0
+TRACE_STREAMS_ENV = "TRADEBUS_SIM_TRACE_STREAMS"
+"""Set to ``1``: log ``bars_streamed`` (with the write time in ns) for every batch a bar stream sends,
+so a benchmark can time the hop from the venue to the market-data process. Off by default."""
 MAIN_LOOP_POLL_S = 0.1
 """How often the main thread checks for a stop signal (and the HTTP loop for shutdown)."""
 
@@ -357,6 +360,8 @@ class SimConfig:
     """Their generator's seed; None: ``seed``."""
     starting_equity: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
     """Equity of each account before any fill (``--equity``); missing: the venue's default."""
+    trace_streams: bool = False
+    """Log every batch a bar stream writes (``TRACE_STREAMS_ENV``)."""
 
 
 class SimApp:
@@ -735,10 +740,12 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"instruments": rows})
 
     def post_order(self, query: Mapping[str, list[str]]) -> None:
+        received_ns = time.time_ns()
         account, request = parse_order_request(self._json_body())
         try:
             with self.app.lock:
                 order = self.app.venue.submit(account, request)
+            accepted_ns = time.time_ns()
         except OrderRejected as exc:
             self.app.log("order_rejected", level="warning", account=account,
                          client_order_id=request.client_order_id, reason=exc.reason)
@@ -749,7 +756,8 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
             return
         self.app.log("order_accepted", account=account, client_order_id=order.client_order_id,
                      order_id=order.order_id, symbol=order.symbol, side=order.side, order_type=order.order_type,
-                     quantity=order.quantity, after_index=order.submitted_after_index)
+                     quantity=order.quantity, after_index=order.submitted_after_index,
+                     received_ns=received_ns, accepted_ns=accepted_ns)
         self._send_json(200, order_json(order))
 
     def get_orders(self, query: Mapping[str, list[str]]) -> None:
@@ -893,8 +901,13 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
                 if app.stopping.is_set():
                     break
                 if pending:
-                    self._write_chunk(b"".join(_dumps(bar_json(b)) + b"\n" for b in pending))
+                    chunk = b"".join(_dumps(bar_json(b)) + b"\n" for b in pending)
+                    written_ns = time.time_ns()
+                    self._write_chunk(chunk)
                     sent = pending[-1].index
+                    if app.config.trace_streams:
+                        app.log("bars_streamed", symbol=symbol, first_index=pending[0].index, last_index=sent,
+                                written_ns=written_ns)
                 else:
                     heartbeats += 1
                     self._write_chunk(_dumps({"heartbeat": heartbeats}) + b"\n")
@@ -1026,7 +1039,8 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
                      interval=args.interval, pace_s=args.pace, seed=args.seed, csv=MappingProxyType(csv_files),
                      accounts=accounts, history=args.history, faults=faults.rules,
                      fault_seed=None if args.faults is None else faults.seed,
-                     starting_equity=MappingProxyType(starting_equity))
+                     starting_equity=MappingProxyType(starting_equity),
+                     trace_streams=os.environ.get(TRACE_STREAMS_ENV) == "1")
 
 
 def _starting_equity(items: Sequence[str], accounts: Sequence[str]) -> dict[str, Decimal]:
