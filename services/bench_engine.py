@@ -870,17 +870,9 @@ def run_recovery(kills: int, kinds: Sequence[str], db_url: str | None = None,
             per_kind[kind] = {"kills": len(rows), "recovered": len(times), "not_recovered": len(failed),
                               **_summary(times), "kills_detail": rows}
     except Exception as exc:  # noqa: BLE001 - reported in the document, with the logs
-        error = f"{type(exc).__name__}: {exc}"
-        if tree is not None:
-            error += "\n" + tree.diagnostics()
+        error = _failure(exc, tree)
     finally:
-        if store is not None:
-            store.close()
-        if tree is not None:
-            tree.stop()
-        if dbs is not None:
-            dbs.close()
-        shutil.rmtree(root, ignore_errors=True)
+        _tear_down(store, tree, dbs, root)
     targets = {}
     for kind, r in per_kind.items():
         targets[f"{kind}_p50"] = {"target": f"<= {TARGET_RECOVERY_P50_S:g} s", "measured": r["p50_s"],
@@ -966,17 +958,9 @@ def run_memory(duration_s: float, sample_s: float, db_url: str | None = None,
         counts = {"orders": len(store.orders()), "fills": len(store.fills()),
                   "sessions": {s.name: str(s.state) for s in store.list_sessions()}}
     except Exception as exc:  # noqa: BLE001 - reported in the document, with the logs
-        error = f"{type(exc).__name__}: {exc}"
-        if tree is not None:
-            error += "\n" + tree.diagnostics()
+        error = _failure(exc, tree)
     finally:
-        if store is not None:
-            store.close()
-        if tree is not None:
-            tree.stop()
-        if dbs is not None:
-            dbs.close()
-        shutil.rmtree(root, ignore_errors=True)
+        _tear_down(store, tree, dbs, root)
     processes: dict[str, Any] = {}
     if samples:
         first, last = samples[0], samples[-1]
@@ -1076,3 +1060,20 @@ def bench_memory(duration: float, sample_every: float, db_url: str | None) -> No
 
 if __name__ == "__main__":
     sys.exit(bench(prog_name="tradebus bench"))
+
+
+def _failure(exc: Exception, tree: Any) -> str:
+    """What went wrong, for the JSON document: the exception and, with a tree, its logs' tails."""
+    error = f"{type(exc).__name__}: {exc}"
+    return error if tree is None else error + "\n" + tree.diagnostics()
+
+
+def _tear_down(store: Any, tree: Any, dbs: Any, root: Path) -> None:
+    """Close what a bench opened, in order, whichever of it was opened."""
+    if store is not None:
+        store.close()
+    if tree is not None:
+        tree.stop()
+    if dbs is not None:
+        dbs.close()
+    shutil.rmtree(root, ignore_errors=True)
