@@ -178,3 +178,16 @@ class TokenRecord:
 
     def __repr__(self) -> str:  # keep even the ciphertext out of logs and tracebacks
         return f"TokenRecord(account={self.account!r}, kind={self.kind!r}, expires_ns={self.expires_ns})"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskView:
+    """What the account checks before an order goes out, read in one transaction (one snapshot)."""
+
+    session: SessionInfo
+    open_orders: tuple[OrderState, ...]
+    positions: tuple[PositionInfo, ...]
+    roll: RollInfo | None
+
+    def position(self, symbol: str) -> Decimal:
+        return next((p.quantity for p in self.positions if p.symbol == symbol), Decimal(0))

@@ -89,6 +89,7 @@ from schema.records import (
     Lease,
     Mismatch,
     PositionInfo,
+    RiskView,
     RollInfo,
     SessionInfo,
     StrategySnapshot,
@@ -430,6 +431,22 @@ class Store:
             return attempt()
         return self._retrying(f"apply_order_event {client_order_id}", attempt)
 
+    def apply_order_events(
+        self, client_order_id: str, events: Sequence[OrderEvent], *, epoch: int | None = None
+    ) -> list[OrderState]:
+        """Apply several events in order, in ONE transaction (one durable commit): the states after
+        each. For events learned together (a broker's answer that says "received and accepted").
+        Any one illegal writes none of them."""
+
+        def attempt() -> list[OrderState]:
+            with self._tx() as s:
+                row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
+                if row is None:
+                    raise OrderNotFound(client_order_id)
+                return [self._apply(s, client_order_id, event, epoch=epoch, row=row) for event in events]
+
+        return self._retrying(f"apply_order_events {client_order_id}", attempt)
+
     def get_order(self, client_order_id: str) -> OrderState:
         order = self.find_order(client_order_id)
         if order is None:
@@ -463,6 +480,22 @@ class Store:
         if limit is not None:
             rows.reverse()
         return [_order_state(row) for row in rows]
+
+    def risk_view(self, session: str) -> RiskView:
+        """The session row, its open orders, its positions and its unfinished roll, in one read
+        transaction: the account's checks before an order goes out see one consistent snapshot
+        and cost one round of the database instead of five."""
+        with self._tx(write=False) as s:
+            row = _session_row(s, session)
+            orders = s.scalars(sa.select(OrderRow).where(
+                OrderRow.session == session, OrderRow.status.in_(_OPEN_STATUSES))
+                .order_by(OrderRow.id))
+            positions = s.scalars(sa.select(PositionRow).where(PositionRow.session == session)
+                                  .order_by(PositionRow.symbol))
+            roll = _active_roll_row(s, session)
+            return RiskView(session=_session_info(row), open_orders=tuple(_order_state(o) for o in orders),
+                            positions=tuple(_position_info(p) for p in positions),
+                            roll=None if roll is None else _roll(roll))
 
     def open_orders(self, session: str) -> list[OrderState]:
         """The session's orders that are not terminal (working, or waiting to be resolved)."""

@@ -30,6 +30,8 @@ from bus.logs import log
 from schema import messages as m
 from schema.enums import HeatState, OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
 from schema.errors import StoreUnavailable
+from schema.records import RiskView
+from schema import order_fsm
 from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
 from services.account.core import Resolution, adoption_events, resolve
 from services.convert import order_message
@@ -252,16 +254,17 @@ class AccountService:
         session may not add risk on that symbol until the broker has been asked and answered. A
         session waiting for an operator sends nothing at all.
         """
-        session = self.store.get_session(self.session.name)
+        view = self.store.risk_view(self.session.name)
+        session = view.session
         state = SessionState(session.state)
         if state is SessionState.NEEDS_OPERATOR:
             return f"session needs an operator: {session.state_reason}"
-        others = [o for o in self.store.open_orders(self.session.name)
+        others = [o for o in view.open_orders
                   if o.client_order_id != order.client_order_id and o.symbol == order.symbol]
-        position = self.store.get_position(self.session.name, order.symbol).quantity
+        position = view.position(order.symbol)
         if new and state is SessionState.ROLLING and is_roll_signal(order.signal):
             # A roll's own legs: only on the two contracts of the roll under way.
-            roll = self.store.active_roll(self.session.name)
+            roll = view.roll
             if roll is None or order.symbol not in (roll.from_contract, roll.to_contract):
                 return f"roll order {order.client_order_id} for {order.symbol} matches no roll under way"
         elif new and state is not SessionState.TRADING:
@@ -273,7 +276,7 @@ class AccountService:
         unknown = [o.client_order_id for o in others if OrderStatus(o.status) is OrderStatus.UNKNOWN]
         if unknown and adds_risk(position, others, order):
             return f"adds risk while {', '.join(unknown)} is unresolved"
-        return self._heat_refusal(order, HeatState(session.heat_state)) if new else None
+        return self._heat_refusal(order, view) if new else None
 
     def _escalate(self, reason: str) -> None:
         log(self.log, "needs_operator", level=logging.CRITICAL, session=self.session.name, reason=reason)
@@ -282,17 +285,17 @@ class AccountService:
 
     # ------------------------------------------------------------------ portfolio heat
 
-    def _heat_refusal(self, order: OrderState, current: HeatState) -> str | None:
+    def _heat_refusal(self, order: OrderState, view: RiskView) -> str | None:
         """Measure heat with ``order`` filled in full, move the session's rung, and refuse the order
         if the rung is ``blocked`` and it adds risk (``heat_rules`` decides; risk-reducing orders
         always pass). Without an equity figure heat is not measured and the rung stays as it is."""
         equity = self.equity.get()
         if equity is None:
             return None
+        current = HeatState(view.session.heat_state)
         rules = self.shell.config.risk.thresholds
-        others = [o for o in self.store.open_orders(self.session.name) if o.client_order_id != order.client_order_id]
-        holdings = {p.symbol: heat_rules.Holding(p.quantity, p.average_price)
-                    for p in self.store.positions(self.session.name)}
+        others = [o for o in view.open_orders if o.client_order_id != order.client_order_id]
+        holdings = {p.symbol: heat_rules.Holding(p.quantity, p.average_price) for p in view.positions}
         risk = heat_rules.open_risk(holdings, [*others, order], rules)
         fraction = heat_rules.heat_fraction(risk, equity)
         rung = heat_rules.next_heat(current, fraction, rules)
@@ -336,8 +339,12 @@ class AccountService:
                 error=str(exc))
             return order
         crash_point("account.after_broker_accept")
-        order = self._apply(order, OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {}))
-        return self._adopt(order, answer)
+        # "It reached the broker" and what the broker said are known together: one commit for both.
+        sent = OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {})
+        events = [sent, *adoption_events(order_fsm.apply(order, sent), OrderStatus(answer.status),
+                                         broker_order_id=answer.broker_order_id, reason=answer.reason,
+                                         ts_ns=now_ns())]
+        return self._apply_all(order, events)
 
     def _settle(self, order: OrderState, *, attempts: int = 1) -> OrderState:
         """Resolve an unresolved order by asking the broker for its client order id.
@@ -404,6 +411,17 @@ class AccountService:
             return self._adopt(order, found)
         return self._apply(order, OrderEvent(OrderEventKind.CANCEL_REJECTED, now_ns(),
                                              {"reason": f"still {found.status} at broker"}))
+
+    def _apply_all(self, order: OrderState, events: list[OrderEvent]) -> OrderState:
+        try:
+            states = self.store.apply_order_events(order.client_order_id, events, epoch=self.epoch)
+        except IllegalTransition as exc:
+            log(self.log, "illegal_transition", level=logging.ERROR, client_order_id=order.client_order_id,
+                status=str(order.status), event="+".join(str(e.kind) for e in events), error=str(exc))
+            return self.store.get_order(order.client_order_id)
+        for state in states:
+            self._publish_order(state)
+        return states[-1]
 
     def _apply(self, order: OrderState, event: OrderEvent) -> OrderState:
         try:

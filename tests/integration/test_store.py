@@ -208,6 +208,19 @@ def test_applied_events_fold_to_the_row(store: Store) -> None:
     assert store.verify_orders() == []
 
 
+def test_events_learned_together_are_applied_in_one_transaction(store: Store) -> None:
+    add_session(store)
+    order, _ = create(store)
+    cid = order.client_order_id
+    states = store.apply_order_events(cid, [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")])
+    assert [s.status for s in states] == [OrderStatus.SUBMITTED, OrderStatus.ACCEPTED]
+    assert store.get_order(cid) == states[-1] == fold(store.order_events(cid))
+    # One illegal event among them: none is written.
+    with pytest.raises(IllegalTransition):
+        store.apply_order_events(cid, [OrderEvent.cancel_requested(22), OrderEvent.submit_sent(23)])
+    assert store.get_order(cid) == states[-1] and len(store.order_events(cid)) == 3
+
+
 def test_an_illegal_event_writes_nothing(store: Store) -> None:
     add_session(store)
     order, _ = create(store)
