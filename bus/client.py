@@ -176,12 +176,6 @@ class BusClient:
                         correlation_id, causation_id, session,
                         stamp if event_ns is None else event_ns, stamp, body)
 
-    def _next_seq(self, topic: str) -> int:
-        with self._lock:
-            seq = self._seqs.get(topic, 0) + 1
-            self._seqs[topic] = seq
-            return seq
-
     def _release_seq(self, topic: str, seq: int) -> None:
         """Give back a number that was never sent, so subscribers see no false gap."""
         with self._lock:
@@ -226,8 +220,7 @@ class Publisher:
                 causation_id: str | None = None) -> Envelope:
         """Send ``body`` on ``topic``; returns the envelope as sent. Raises ``MalformedMessage``
         (nothing sent) if the body cannot go on the wire (e.g. a float where money belongs)."""
-        # The hot path of every producer: ``BusClient._next_seq`` and ``BusClient.envelope``
-        # inlined (same lock, same fields), one clock call, the topic frame cached.
+        # The hot path of every producer: the topic frame cached, the sequence counted per topic.
         topic_b = self._topics.get(topic)
         if topic_b is None:
             topic_b = self._topic_frame(topic)
@@ -236,10 +229,8 @@ class Publisher:
         with bus._lock:
             seq = seqs.get(topic, 0) + 1
             seqs[topic] = seq
-        stamp = _time_ns()
-        envelope = Envelope(SCHEMA_VERSION, body.TYPE, topic, bus.source, bus.epoch, seq, new_id(),
-                            correlation_id, causation_id, session,
-                            stamp if event_ns is None else event_ns, stamp, body)
+        envelope = bus.envelope(topic, body, seq=seq, session=session, event_ns=event_ns,
+                                correlation_id=correlation_id, causation_id=causation_id)
         try:
             data = encode(envelope)
         except MalformedMessage:

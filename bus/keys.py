@@ -21,7 +21,6 @@ from pathlib import Path
 
 import zmq.auth
 
-from bus.endpoints import DEFAULT_CLIENT_KEY as DEFAULT_CLIENT
 from bus.errors import EndpointError
 
 KEYS_DIR = "keys"

@@ -50,7 +50,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def latency_stats_us(latencies_ns: list[int]) -> dict[str, float]:
         return {"p50_us": float("nan"), "p99_us": float("nan"), "max_us": float("nan"), "mean_us": float("nan")}
     return {
         "p50_us": round(percentile(values, 50) / 1000, 1),
+        "p90_us": round(percentile(values, 90) / 1000, 1),
         "p99_us": round(percentile(values, 99) / 1000, 1),
         "max_us": round(values[-1] / 1000, 1),
         "mean_us": round(sum(values) / len(values) / 1000, 1),
@@ -133,8 +135,8 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _ratio(num: float, den: float) -> float | None:
-    if not den or num != num or den != den:  # zero or NaN
+def ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or not den or num != num or den != den:  # missing, zero or NaN
         return None
     return round(num / den, 3)
 
@@ -363,10 +365,16 @@ def _raw_wait_connected(pub: zmq.Socket, sub: zmq.Socket, timeout_s: float = REA
     raise RuntimeError("no probe came back through the proxy")
 
 
-def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
+BAR_PRICES = {"open": Decimal("64123.50"), "high": Decimal("64210.00"), "low": Decimal("64001.25"),
+              "close": Decimal("64188.75"), "volume": Decimal("123.456")}
+
+
+@contextmanager
+def _tradebus_pair(ws: Workspace) -> Iterator[tuple[subprocess.Popen, Path, Any, Any, Any]]:
+    """busd (journal on) in ``ws`` and one client whose subscriber to BAR_TOPIC is proven live:
+    (busd process, state folder, client, publisher, subscriber). Everything stopped on the way out."""
     from bus.client import BusClient
     from bus.endpoints import Endpoints
-    from schema.messages import BarClosed
 
     busd, state = ws.busd()
     bus = BusClient(Endpoints.for_state_dir(state), "bench")
@@ -374,8 +382,17 @@ def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
         pub = bus.publisher()
         sub = bus.subscriber([BAR_TOPIC])
         sub.wait_connected(pub, timeout_s=READY_TIMEOUT_S)
-        price = {"open": Decimal("64123.50"), "high": Decimal("64210.00"), "low": Decimal("64001.25"),
-                 "close": Decimal("64188.75"), "volume": Decimal("123.456")}
+        yield busd, state, bus, pub, sub
+    finally:
+        bus.close()
+        stop_process(busd)
+
+
+def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
+    from schema.messages import BarClosed
+
+    with _tradebus_pair(ws) as (busd, state, bus, pub, sub):
+        price = BAR_PRICES
         clock = time.perf_counter_ns
         publish, recv = pub.publish, sub.recv
         seen: set[int] = set()
@@ -403,9 +420,6 @@ def _tradebus_pubsub(ws: Workspace, n: int, window: int) -> dict[str, Any]:
                               seq=n)
         extra = {"payload_bytes": len(encode(sample)), "gaps": sub.gaps, "out_of_order": sub.out_of_order,
                  "malformed": sub.malformed, "journal": True}
-    finally:
-        bus.close()
-        stop_process(busd)
     journal = state / "journal"
     extra["journal_bytes"] = sum(p.stat().st_size for p in journal.rglob("*") if p.is_file()) if journal.exists() else 0
     extra["busd_exit"] = busd.returncode
@@ -457,24 +471,16 @@ def _growth_pct(start: int | None, end: int | None) -> float | None:
 def run_bus_rss(duration_s: float = DEFAULT_RSS_DURATION_S, window: int = DEFAULT_WINDOW,
                 sample_s: float = RSS_SAMPLE_S, warmup_s: float = RSS_WARMUP_S) -> dict[str, Any]:
     """busd's resident memory over a long full-rate pub/sub run (journal on)."""
-    from bus.client import BusClient
-    from bus.endpoints import Endpoints
     from schema.messages import BarClosed
 
     machine = machine_info()
     warmup_s = min(warmup_s, duration_s / 2)
     samples: list[list[float | int | None]] = []  # [seconds into the load, RSS KiB, messages received]
     with Workspace() as ws:
-        busd, state = ws.busd()
-        journal = state / "journal"
         pruned = 0
-        bus = BusClient(Endpoints.for_state_dir(state), "bench")
-        try:
-            pub = bus.publisher()
-            sub = bus.subscriber([BAR_TOPIC])
-            sub.wait_connected(pub, timeout_s=READY_TIMEOUT_S)
-            price = {"open": Decimal("64123.50"), "high": Decimal("64210.00"), "low": Decimal("64001.25"),
-                     "close": Decimal("64188.75"), "volume": Decimal("123.456")}
+        with _tradebus_pair(ws) as (busd, state, bus, pub, sub):
+            journal = state / "journal"
+            price = BAR_PRICES
             clock = time.perf_counter_ns
             publish, recv = pub.publish, sub.recv
             received = sent = 0
@@ -505,9 +511,6 @@ def run_bus_rss(duration_s: float = DEFAULT_RSS_DURATION_S, window: int = DEFAUL
                 received += 1
             samples.append([round(time.monotonic() - start, 1), rss_kib(busd.pid), received])
             gaps, malformed = sub.gaps, sub.malformed
-        finally:
-            bus.close()
-            stop_process(busd)
         journal_bytes = pruned + (sum(p.stat().st_size for p in journal.rglob("*") if p.is_file())
                                   if journal.exists() else 0)
     rss = [r for _, r, _ in samples if r is not None]
@@ -552,10 +555,10 @@ def run_bus(count: int = DEFAULT_BUS_COUNT, window: int = DEFAULT_WINDOW) -> dic
         results["tradebus"] = _tradebus_pubsub(ws, count, window)
     tb, mp, rb = results["tradebus"], results["raw_msgpack"], results["raw_bytes"]
     ratios = {
-        "tradebus_vs_raw_msgpack_msgs_per_s": _ratio(tb["msgs_per_s"] or 0, mp["msgs_per_s"] or 0),
-        "tradebus_vs_raw_bytes_msgs_per_s": _ratio(tb["msgs_per_s"] or 0, rb["msgs_per_s"] or 0),
-        "tradebus_vs_raw_msgpack_p50": _ratio(tb["p50_us"], mp["p50_us"]),
-        "tradebus_vs_raw_msgpack_p99": _ratio(tb["p99_us"], mp["p99_us"]),
+        "tradebus_vs_raw_msgpack_msgs_per_s": ratio(tb["msgs_per_s"] or 0, mp["msgs_per_s"] or 0),
+        "tradebus_vs_raw_bytes_msgs_per_s": ratio(tb["msgs_per_s"] or 0, rb["msgs_per_s"] or 0),
+        "tradebus_vs_raw_msgpack_p50": ratio(tb["p50_us"], mp["p50_us"]),
+        "tradebus_vs_raw_msgpack_p99": ratio(tb["p99_us"], mp["p99_us"]),
     }
     missed = tb["lost"] + tb["gaps"]
     r = ratios["tradebus_vs_raw_msgpack_msgs_per_s"]
@@ -703,10 +706,10 @@ def run_rpc(count: int = DEFAULT_RPC_COUNT) -> dict[str, Any]:
         results["tradebus"] = _tradebus_rpc(ws, count)
     tb, mp, rb = results["tradebus"], results["raw_msgpack"], results["raw_bytes"]
     ratios = {
-        "tradebus_vs_raw_msgpack_p50": _ratio(tb["p50_us"], mp["p50_us"]),
-        "tradebus_vs_raw_bytes_p50": _ratio(tb["p50_us"], rb["p50_us"]),
-        "tradebus_vs_raw_msgpack_p99": _ratio(tb["p99_us"], mp["p99_us"]),
-        "tradebus_vs_raw_msgpack_calls_per_s": _ratio(tb["calls_per_s"] or 0, mp["calls_per_s"] or 0),
+        "tradebus_vs_raw_msgpack_p50": ratio(tb["p50_us"], mp["p50_us"]),
+        "tradebus_vs_raw_bytes_p50": ratio(tb["p50_us"], rb["p50_us"]),
+        "tradebus_vs_raw_msgpack_p99": ratio(tb["p99_us"], mp["p99_us"]),
+        "tradebus_vs_raw_msgpack_calls_per_s": ratio(tb["calls_per_s"] or 0, mp["calls_per_s"] or 0),
     }
     r = ratios["tradebus_vs_raw_bytes_p50"]
     targets = {

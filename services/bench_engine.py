@@ -71,7 +71,7 @@ from typing import Any
 
 import click
 
-from services.bench import bench, latency_stats_us, machine_info, percentile
+from services.bench import ratio, bench, latency_stats_us, machine_info, percentile, rss_kib
 
 # ---------------------------------------------------------------------------- tunables
 
@@ -119,12 +119,6 @@ class BenchError(Exception):
 
 def _emit(doc: dict[str, Any]) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    if not num or not den:
-        return None
-    return round(num / den, 3)
 
 
 def _rate(count: int, seconds: float) -> float | None:
@@ -649,16 +643,16 @@ def run_orders(admin_url: str, count: int, sessions: int, engine: bool = True) -
     baseline = round((before + after) / 2, 1) if before and after else (before or after)
     par_base = results["pg_raw_parallel"]["inserts_per_s"]
     ratios = {
-        "store_path_single_vs_pg_raw": _ratio(results["store_path_single"]["orders_per_s"], baseline),
-        "store_path_single_lifecycle_vs_pg_raw": _ratio(results["store_path_single"]["lifecycle_orders_per_s"],
+        "store_path_single_vs_pg_raw": ratio(results["store_path_single"]["orders_per_s"], baseline),
+        "store_path_single_lifecycle_vs_pg_raw": ratio(results["store_path_single"]["lifecycle_orders_per_s"],
                                                         baseline),
-        "store_path_parallel_vs_pg_raw_parallel": _ratio((results["store_path_parallel"] or {}).get("orders_per_s"),
+        "store_path_parallel_vs_pg_raw_parallel": ratio((results["store_path_parallel"] or {}).get("orders_per_s"),
                                                          par_base),
     }
     if engine:
-        ratios["account_processes_single_vs_pg_raw"] = _ratio(results["account_processes_single"]["orders_per_s"],
+        ratios["account_processes_single_vs_pg_raw"] = ratio(results["account_processes_single"]["orders_per_s"],
                                                               baseline)
-        ratios["account_processes_parallel_vs_pg_raw_parallel"] = _ratio(
+        ratios["account_processes_parallel_vs_pg_raw_parallel"] = ratio(
             (results["account_processes_parallel"] or {}).get("orders_per_s"), par_base)
     targets = {}
     for key in ("store_path_single_vs_pg_raw", "account_processes_single_vs_pg_raw"):
@@ -906,17 +900,6 @@ def run_recovery(kills: int, kinds: Sequence[str], db_url: str | None = None,
 # ============================================================================ memory
 
 
-def vm_rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def run_memory(duration_s: float, sample_s: float, db_url: str | None = None,
                progress: Callable[[str], None] = lambda _s: None) -> dict[str, Any]:
     from services.tree import EngineTree
@@ -947,7 +930,7 @@ def run_memory(duration_s: float, sample_s: float, db_url: str | None = None,
             if not first_pids:
                 first_pids = dict(pids)
             samples.append({"t_s": round(time.monotonic() - t0, 1), "pids": pids,
-                            "rss_kib": {name: vm_rss_kib(pid) for name, pid in pids.items()}})
+                            "rss_kib": {name: rss_kib(pid) for name, pid in pids.items()}})
             if time.monotonic() >= end:
                 break
             next_at = min(end, next_at + sample_s)

@@ -57,7 +57,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,8 @@ from typing import Any
 
 import click
 
-from services.bench import bench, machine_info, percentile
+from services.bench import bench, latency_stats_us, machine_info
+from services.bench_engine import BenchDatabases
 
 SESSION = "ttt"
 SYMBOL_ROOT = "ES"
@@ -227,17 +227,7 @@ def match_bars(bars: list[BarTimes], orders: list[OrderTimes], *, skip: int = 0)
 
 
 def hop_stats(values_ns: list[int]) -> dict[str, float]:
-    values = sorted(values_ns)
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50_us": round(percentile(values, 50) / 1000, 1),
-        "p90_us": round(percentile(values, 90) / 1000, 1),
-        "p99_us": round(percentile(values, 99) / 1000, 1),
-        "max_us": round(values[-1] / 1000, 1),
-        "mean_us": round(sum(values) / len(values) / 1000, 1),
-    }
+    return {"n": len(values_ns), **latency_stats_us(values_ns)} if values_ns else {"n": 0}
 
 
 def measure(records: RunRecords, *, warmup: int) -> dict[str, Any]:
@@ -295,31 +285,6 @@ def measure(records: RunRecords, *, warmup: int) -> dict[str, Any]:
 
 
 # ============================================================================ running
-
-
-def _create_pg_database(admin_url: str) -> str:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"tradebus_ttt_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'create database "{name}"'))
-    finally:
-        admin.dispose()
-    return sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_pg_database(admin_url: str, url: str) -> None:
-    import sqlalchemy as sa
-
-    name = sa.make_url(url).database
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-    finally:
-        admin.dispose()
 
 
 class _AcceptCounter:
@@ -383,7 +348,8 @@ def run_one(db: str, *, orders: int, pace: float, warmup: int, pg_admin_url: str
     from services.tree import EngineTree
 
     root = Path(tempfile.mkdtemp(prefix=f"tradebus-ttt-{db}-"))
-    db_url = _create_pg_database(pg_admin_url) if db == "postgres" else None
+    databases = BenchDatabases(pg_admin_url) if db == "postgres" else None
+    db_url = databases.create("ttt") if databases is not None else None
     try:
         tree = EngineTree(root, pace=pace, reconcile_interval_s=RECONCILE_INTERVAL_S, db_url=db_url)
         toml = root / "tradebus.toml"
@@ -392,8 +358,8 @@ def run_one(db: str, *, orders: int, pace: float, warmup: int, pg_admin_url: str
         trading_s = _trade(tree, db, warmup + orders, progress)
         result = measure(read_records(tree.state), warmup=warmup)
     finally:
-        if db_url is not None:
-            _drop_pg_database(pg_admin_url, db_url)
+        if databases is not None:
+            databases.close()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     result.update({"db": db, "pace_s": pace, "trading_s": round(trading_s, 1),

@@ -175,9 +175,10 @@ class AccountService:
             if body.session != self.session.name:
                 return m.ErrorReply(code="wrong_session",
                                     message=f"this is account.{self.session.name}, not {body.session}")
-            if (refusal := self._untradable(body)) is not None:
+            view = self.store.risk_view(self.session.name)  # one read for every check of this order
+            if (refusal := self._untradable(body, view)) is not None:
                 return m.ErrorReply(code="unknown_symbol", message=refusal)
-            return m.OrderReply(order=order_message(self.submit(body)))
+            return m.OrderReply(order=order_message(self.submit(body, view)))
         if isinstance(body, m.CancelOrder):
             order = self.store.find_order(body.client_order_id)
             if body.session != self.session.name or (order is not None and order.session != self.session.name):
@@ -190,13 +191,12 @@ class AccountService:
             return self.snapshot()
         return m.ErrorReply(code="unsupported", message=f"account service does not handle {body.TYPE!r}")
 
-    def _untradable(self, request: m.SubmitOrder) -> str | None:
+    def _untradable(self, request: m.SubmitOrder, view: RiskView) -> str | None:
         """Why a new order's symbol is not this session's to trade, or None. Checked before the
         write-ahead: a symbol the broker cannot take would leave a ``pending_submit`` row that no
         broker answer ever settles. A signal written before is answered from its row, as always."""
-        session = self.store.get_session(self.session.name)
+        session, roll = view.session, view.roll
         tradable = {session.contract}
-        roll = self.store.active_roll(self.session.name)
         if roll is not None:
             tradable |= {roll.from_contract, roll.to_contract}
         if request.symbol in tradable:
@@ -214,7 +214,8 @@ class AccountService:
 
     # ------------------------------------------------------------------ orders
 
-    def submit(self, request: m.SubmitOrder) -> OrderState:
+    def submit(self, request: m.SubmitOrder, view: RiskView | None = None) -> OrderState:
+        """``view``: the session as read just before (saves reading it again for the checks)."""
         order, created = self.store.create_order(
             self.session.name,
             signal=request.signal,
@@ -232,7 +233,7 @@ class AccountService:
             log(self.log, "order_written", client_order_id=order.client_order_id, signal=request.signal)
             self._publish_order(order)
             crash_point("account.after_write_ahead")
-            refusal = self._refusal(order, new=True)
+            refusal = self._refusal(order, new=True, view=view)
             if refusal is not None:
                 return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": refusal}))
             return self._send(order)
@@ -242,7 +243,7 @@ class AccountService:
             return self._settle(order)
         return order
 
-    def _refusal(self, order: OrderState, *, new: bool) -> str | None:
+    def _refusal(self, order: OrderState, *, new: bool, view: RiskView | None = None) -> str | None:
         """Why a written order must not go to the broker, or None.
 
         ``new``: the order was just asked for. Those are sent only while the session trades (or,
@@ -254,7 +255,7 @@ class AccountService:
         session may not add risk on that symbol until the broker has been asked and answered. A
         session waiting for an operator sends nothing at all.
         """
-        view = self.store.risk_view(self.session.name)
+        view = view or self.store.risk_view(self.session.name)
         session = view.session
         state = SessionState(session.state)
         if state is SessionState.NEEDS_OPERATOR:

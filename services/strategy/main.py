@@ -30,8 +30,7 @@ from bus.errors import BusError, UnknownService
 from bus.logs import log
 from bus.resync import Resync, Snapshot, field_mark, rpc_snapshot
 from schema import messages as m
-from schema.enums import SessionState
-from schema.enums import OrderStatus, RollPhase
+from schema.enums import RollPhase, SessionState
 from schema.records import RollInfo
 from services import rolls
 from services.convert import bar_event, order_event, snapshot_event
@@ -132,17 +131,13 @@ class StrategyService:
                           current=Snapshot(None, 0))
 
     def _bars_snapshot(self) -> Snapshot:
-        after = getattr(self.state, "last_bar_ts", 0)
-        reply = self.rpc.call(topics.marketdata_service(self.session.name), m.BarsRequest(
-            symbol=self.session.contract, interval=self.session.interval, after_ts_ns=after),
-            timeout_s=RPC_TIMEOUT_S, session=self.session.name, idempotent=True)
-        return Snapshot(reply, reply.bars[-1].ts_ns if reply.bars else after)
+        request = self._bars_request()
+        reply = self.rpc.call(topics.marketdata_service(self.session.name), request,
+                              timeout_s=RPC_TIMEOUT_S, session=self.session.name, idempotent=True)
+        return Snapshot(reply, reply.bars[-1].ts_ns if reply.bars else request.after_ts_ns)
 
     def _apply_bars(self, snapshot: Snapshot) -> None:
-        for bar in snapshot.value.bars:
-            self._decide(bar_event(bar, live=False), persist=False)
-        self._persist()
-        log(self.log, "resynced", bars=len(snapshot.value.bars))
+        self._history(snapshot.value.bars, "resynced")
 
     def _loop(self, subscriber) -> None:
         poller = zmq.Poller()
@@ -363,14 +358,20 @@ class StrategyService:
         log(self.log, "gap", level=logging.WARNING, source=source, expected=expected, got=got)
 
     def _catch_up(self) -> None:
-        reply = self._call_until_answered(
-            topics.marketdata_service(self.session.name),
-            m.BarsRequest(symbol=self.session.contract, interval=self.session.interval,
-                          after_ts_ns=getattr(self.state, "last_bar_ts", 0)))
-        for bar in reply.bars:
+        reply = self._call_until_answered(topics.marketdata_service(self.session.name), self._bars_request())
+        self._history(reply.bars, "caught_up")
+
+    def _bars_request(self) -> m.BarsRequest:
+        """The bars after the last one decided on (catch-up at start, mending after a gap)."""
+        return m.BarsRequest(symbol=self.session.contract, interval=self.session.interval,
+                             after_ts_ns=getattr(self.state, "last_bar_ts", 0))
+
+    def _history(self, bars: list[m.BarClosed], action: str) -> None:
+        """Bars seen late move the indicators but never trade; one state write for all of them."""
+        for bar in bars:
             self._decide(bar_event(bar, live=False), persist=False)
         self._persist()
-        log(self.log, "caught_up", bars=len(reply.bars))
+        log(self.log, action, bars=len(bars))
 
     # ------------------------------------------------------------------ deciding
 

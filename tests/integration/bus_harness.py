@@ -3,12 +3,15 @@ and hand-made messages. (Imported by the test modules; not a test module itself.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -126,3 +129,15 @@ def drain(sub: Subscriber, timeout_ms: int = 300) -> list[Envelope]:
     while (envelope := sub.recv(timeout_ms)) is not None:
         out.append(envelope)
     return out
+
+
+@contextmanager
+def started_busd(prefix: str, *args: str) -> Iterator[BusdProcess]:
+    """A busd in a fresh short state folder (ipc paths are length-limited), stopped and removed after."""
+    state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    process = BusdProcess(state, args)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        shutil.rmtree(state, ignore_errors=True)

@@ -7,16 +7,13 @@ worker, restart busd) is the caller's own ``retrying`` log record, so nothing sl
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from bus_harness import WAIT_S, BusdProcess
+from bus_harness import WAIT_S, BusdProcess, started_busd
 
 from bus.client import BusClient
 from bus.endpoints import Endpoints
@@ -30,15 +27,9 @@ REQUEST = m.AccountSnapshotRequest(session="s1")
 
 @pytest.fixture
 def busd() -> Iterator[BusdProcess]:
-    state = Path(tempfile.mkdtemp(prefix="tbidem", dir="/tmp"))
     # A long startup grace makes an unregistered service ``no_worker`` (retryable), not unknown.
-    process = BusdProcess(state, ("--no-journal", "--startup-grace-s", "60"))
-    try:
-        process.start()
+    with started_busd("tbidem", "--no-journal", "--startup-grace-s", "60") as process:
         yield process
-    finally:
-        process.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 class _Retries(logging.Handler):

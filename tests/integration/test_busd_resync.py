@@ -10,16 +10,13 @@ else is polled with a deadline.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-from bus_harness import WAIT_S, BusdProcess, unique, wait_until
+from bus_harness import WAIT_S, BusdProcess, started_busd, unique, wait_until
 import zmq
 
 from bus.client import BusClient, Subscriber
@@ -50,16 +47,10 @@ def raw(topic: str, body: m.Message, *, source: str = "raw", epoch: str = "e1", 
 
 @pytest.fixture(scope="module")
 def busd() -> Iterator[BusdProcess]:
-    state = Path(tempfile.mkdtemp(prefix="tbrs", dir="/tmp"))
     # A long startup grace: a service whose worker has not registered yet is "no worker"
     # (retried by idempotent calls), not "unknown".
-    process = BusdProcess(state, ("--no-journal", "--startup-grace-s", "60"))
-    try:
-        process.start()
+    with started_busd("tbrs", "--no-journal", "--startup-grace-s", "60") as process:
         yield process
-    finally:
-        process.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
