@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+from queue import Empty
 import os
 import shutil
 import signal
@@ -85,6 +86,7 @@ ENGINE_ROOTS = ("ES", "6E", "NQ", "CL", "GC")
 ENGINE_PACE_S = 0.2
 ORDER_RPC_TIMEOUT_S = 10.0
 WORKER_TIMEOUT_S = 600.0
+WORKER_POLL_S = 0.5
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
@@ -200,18 +202,29 @@ def _in_parallel(target: Callable[..., None], jobs: Sequence[tuple[Any, ...]]) -
     try:
         for proc in procs:
             proc.start()
-        ready = 0
         deadline = time.monotonic() + WORKER_TIMEOUT_S
+
+        def next_message() -> tuple[str, Any]:
+            """The next worker message; a worker that died without a word (e.g. at import) fails
+            the bench at once instead of after the whole timeout."""
+            while True:
+                try:
+                    return queue.get(timeout=WORKER_POLL_S)
+                except Empty:
+                    dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                    if dead or time.monotonic() > deadline:
+                        raise BenchError(f"worker(s) exited {dead} before reporting" if dead
+                                         else f"workers silent for {WORKER_TIMEOUT_S:g} s") from None
+
+        ready = 0
         while ready < len(procs):
-            kind, body = queue.get(timeout=max(1.0, deadline - time.monotonic()))
+            kind, body = next_message()
+            ready += 1
             if kind == "result":  # a worker that failed before it was ready
                 results.append(body)
-                ready += 1
-            else:
-                ready += 1
         start.set()
         while len(results) < len(procs):
-            kind, body = queue.get(timeout=max(1.0, deadline - time.monotonic()))
+            kind, body = next_message()
             if kind == "result":
                 results.append(body)
     finally:

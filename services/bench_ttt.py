@@ -65,7 +65,6 @@ from typing import Any
 import click
 
 from services.bench import bench, latency_stats_us, machine_info
-from services.bench_engine import BenchDatabases
 
 SESSION = "ttt"
 SYMBOL_ROOT = "ES"
@@ -348,6 +347,8 @@ def run_one(db: str, *, orders: int, pace: float, warmup: int, pg_admin_url: str
     from services.tree import EngineTree
 
     root = Path(tempfile.mkdtemp(prefix=f"tradebus-ttt-{db}-"))
+    from services.bench_engine import BenchDatabases  # (here: bench_engine imports services.bench)
+
     databases = BenchDatabases(pg_admin_url) if db == "postgres" else None
     db_url = databases.create("ttt") if databases is not None else None
     try:
