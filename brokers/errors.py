@@ -85,6 +85,12 @@ class AuthFailed(BrokerError):
     the token owner must refresh, or the operator must log in again."""
 
 
+class AuthNeedsOperator(AuthFailed):
+    """No automated way forward: a captcha (Tradovate's ``p-captcha``), an expired refresh token that
+    only an interactive login renews (Schwab's 7 days), missing credentials. The token owner alerts
+    the operator and stops retrying."""
+
+
 class OutcomeUnknown(BrokerError):
     """The request may have been acted on: timeout or connection loss after sending, or a 5xx on a
     request with side effects, or an unreadable answer to one. Look the order up by its client id

@@ -73,6 +73,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from brokers.base import Bar, OrderRequest
 from brokers.instruments import INSTRUMENTS, canonical_root, front_contract, instrument, is_contract, parse_contract
 from brokers.intervals import interval_ns
+from brokers.sim.dialects import Answer, Dialect, Request, load_dialect
+from brokers.sim.dialects import BadRequest as DialectBadRequest
+from brokers.sim.dialects.tokens import DEFAULT_TTL_S as DEFAULT_TOKEN_TTL_S
+from brokers.sim.dialects.tokens import SimTokens
 from brokers.sim.faults import Fault, FaultConfigError, FaultPlan, FaultRule, Fired, parse_fault_config
 from brokers.sim.feed import CsvFeed, RandomWalkFeed
 from brokers.sim.fill_feed import FeedMessage, FillFeed
@@ -362,6 +366,10 @@ class SimConfig:
     """Equity of each account before any fill (``--equity``); missing: the venue's default."""
     trace_streams: bool = False
     """Log every batch a bar stream writes (``TRACE_STREAMS_ENV``)."""
+    dialect: str = "sim"
+    """Which venue's wire protocol is served next to the simulator's own (``brokers.sim.dialects``)."""
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+    """Lifetime of the access tokens the dialects issue."""
 
 
 class SimApp:
@@ -385,6 +393,9 @@ class SimApp:
         self.venue = Venue(config.accounts, ticks, point_values=point_values,
                            starting_equity=config.starting_equity)
         self.books = {s: BarBook(s) for s in config.symbols}
+        self.dialect: Dialect | None = load_dialect(config.dialect)
+        self.dialect_routes = tuple((re.compile(f"^{r.pattern}$"), r) for r in self.dialect.routes) if self.dialect else ()
+        self.tokens = SimTokens(config.token_ttl_s)
         start_ns = now_ns // self.interval_ns * self.interval_ns - config.history * self.interval_ns
         self.feeds: dict[str, Iterator[Bar]] = {s: iter(self._feed(s, start_ns)) for s in config.symbols}
         self._exhausted: set[str] = set()
@@ -495,6 +506,7 @@ _ROUTES: tuple[Route, ...] = tuple(
         ("GET", r"/admin/faults", "get_faults", None),
         ("POST", r"/admin/faults", "post_faults", None),
         ("DELETE", r"/admin/faults", "delete_faults", None),
+        ("POST", r"/admin/expire-tokens", "post_expire_tokens", None),
     )
 )
 
@@ -584,6 +596,8 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         path = parts.path
         query = parse_qs(parts.query, keep_blank_values=True)
         try:
+            if self.app.dialect_routes and self._dispatch_dialect(path, query):
+                return
             allowed = []
             for method, pattern, name, call in _ROUTES:
                 match = pattern.match(path)
@@ -607,7 +621,7 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
                 self._send_json(404, {"error": "no_route", "message": f"no endpoint {self.command} {path}"})
         except _Answered:
             return
-        except BadRequest as exc:
+        except (BadRequest, DialectBadRequest) as exc:
             self.app.log("bad_request", level="warning", method=self.command, path=path, message=str(exc))
             self._send_json(400, {"error": "bad_request", "message": str(exc)})
         except UnknownAccount as exc:
@@ -621,6 +635,74 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
                 self._send_json(500, {"error": "internal", "message": "internal error"}, close=True)
             except OSError:
                 self.close_connection = True
+
+    def _dispatch_dialect(self, path: str, query: Mapping[str, list[str]]) -> bool:
+        """Serve ``path`` from the dialect's routes; False if none matches (the native API may)."""
+        for pattern, route in self.app.dialect_routes:
+            match = pattern.match(path)
+            if match is None or route.method != self.command:
+                continue
+            params = {k: unquote(v) for k, v in match.groupdict().items()}
+            self._call, self._params = route.call, params
+            if route.call is not None and self._fault_before_acting(route.call):
+                return True
+            body = self._raw_body()
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            answer = route.handler(self.app, Request(self.command, path, params, query, headers, body))
+            self._send_answer(answer)
+            return True
+        return False
+
+    def _raw_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self._send_json(400, {"error": "bad_request", "message": "chunked request bodies are not supported"}, close=True)
+            raise _Answered
+        raw_length = self.headers.get("Content-Length", "0")
+        if not raw_length.isdigit() or int(raw_length) > MAX_BODY_BYTES:
+            self._send_json(413, {"error": "bad_request", "message": f"bad Content-Length or body over {MAX_BODY_BYTES} bytes"},
+                            close=True)
+            raise _Answered
+        body = self.rfile.read(int(raw_length)) if int(raw_length) else b""
+        self._body = _loads_quietly(body)
+        return body
+
+    def _send_answer(self, answer: Answer) -> None:
+        if answer.lines is None:
+            fired, self._pending_fault = self._pending_fault, None
+            if fired is not None:
+                self._strike(fired)
+                return
+            body = answer.body if answer.body is not None else (b"" if answer.payload is None else _dumps(answer.payload))
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in answer.headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        for key, value in answer.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in answer.lines:
+                if self.app.stopping.is_set():
+                    break
+                self._write_chunk(chunk)
+            else:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
+            pass  # the client left
+        finally:
+            close = getattr(answer.lines, "close", None)
+            if close is not None:
+                close()
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length")
@@ -963,6 +1045,11 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
     def delete_faults(self, query: Mapping[str, list[str]]) -> None:
         self._set_faults(FaultPlan((), self.app.faults.seed))
 
+    def post_expire_tokens(self, query: Mapping[str, list[str]]) -> None:
+        expired = self.app.tokens.expire_all()
+        self.app.log("tokens_expired", level="warning", count=expired)
+        self._send_json(200, {"expired": expired})
+
     def _set_faults(self, plan: FaultPlan) -> None:
         """Replace every rule (and the generator, and the hit counts). Fill messages already
         delayed or repeated stay scheduled: those fills happened under the old rules."""
@@ -974,6 +1061,13 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------- process shell
+
+
+def _loads_quietly(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _canonical_symbols(text: str) -> tuple[str, ...]:
@@ -1009,6 +1103,10 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
     parser.add_argument("--equity", action="append", default=[], metavar="[ACCOUNT=]AMOUNT",
                         help="starting equity of every account (AMOUNT) or of one (ACCOUNT=AMOUNT); "
                              f"default {DEFAULT_STARTING_EQUITY}")
+    parser.add_argument("--dialect", default="sim", help="serve this venue's wire protocol too: sim, tradovate, "
+                                                           "tradestation, schwab, deribit")
+    parser.add_argument("--token-ttl-s", type=float, default=DEFAULT_TOKEN_TTL_S,
+                        help="lifetime of the access tokens a dialect issues")
     parser.add_argument("--faults", type=Path, metavar="FILE",
                         help='fault rules active from the start: JSON {"seed"?, "rules": [...]} as POST /v1/admin/faults')
     args = parser.parse_args(argv)
@@ -1033,6 +1131,9 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
             raise ValueError("--accounts: at least one account")
         faults = FaultPlan() if args.faults is None else _read_faults_file(args.faults, default_seed=args.seed)
         starting_equity = _starting_equity(args.equity, accounts)
+        load_dialect(args.dialect)
+        if args.token_ttl_s <= 0:
+            raise ValueError("--token-ttl-s must be positive")
     except ValueError as exc:  # FaultConfigError is one
         parser.error(str(exc))
     return SimConfig(host=args.host, port=args.port, state_dir=args.state_dir, symbols=symbols,
@@ -1040,7 +1141,8 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
                      accounts=accounts, history=args.history, faults=faults.rules,
                      fault_seed=None if args.faults is None else faults.seed,
                      starting_equity=MappingProxyType(starting_equity),
-                     trace_streams=os.environ.get(TRACE_STREAMS_ENV) == "1")
+                     trace_streams=os.environ.get(TRACE_STREAMS_ENV) == "1",
+                     dialect=args.dialect, token_ttl_s=args.token_ttl_s)
 
 
 def _starting_equity(items: Sequence[str], accounts: Sequence[str]) -> dict[str, Decimal]:
@@ -1094,6 +1196,26 @@ def _remove_ready_file(path: Path) -> None:
         pass
 
 
+def _start_websocket(app: SimApp, host: str) -> Any:
+    """The dialect's WebSocket server on a free port, in a thread; None if the dialect has none."""
+    if app.dialect is None or app.dialect.websocket is None:
+        return None
+    from websockets.sync.server import serve
+
+    handler = app.dialect.websocket
+
+    def on_connection(connection: Any) -> None:
+        try:
+            handler(app, connection)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must not take the venue down
+            app.log("ws_handler_failed", level="error", error=f"{type(exc).__name__}: {exc}",
+                    trace=traceback.format_exc(limit=8))
+
+    ws_server = serve(on_connection, host, 0, max_size=MAX_BODY_BYTES)
+    threading.Thread(target=ws_server.serve_forever, name="venue-sim-ws", daemon=True).start()
+    return ws_server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGTERM/SIGINT; 0 on a clean stop, non-zero on a fatal error."""
     log = JsonLog(sys.stdout)
@@ -1119,8 +1241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                name="venue-sim-http", daemon=True)
     producer = threading.Thread(target=app.run_producer, name="venue-sim-bars", daemon=True)
     serving.start()
+    ws_server = _start_websocket(app, config.host)
     producer.start()
-    ready = _write_ready_file(config.state_dir, {"url": url, "pid": os.getpid()})
+    ready_info: dict[str, Any] = {"url": url, "pid": os.getpid(), "dialect": config.dialect}
+    if ws_server is not None:
+        ws_host, ws_port = ws_server.socket.getsockname()[:2]
+        ready_info["ws_url"] = f"ws://{ws_host}:{ws_port}"
+    ready = _write_ready_file(config.state_dir, ready_info)
     log("started", url=url, symbols=list(config.symbols), interval=config.interval, pace_s=config.pace_s,
         seed=config.seed, accounts=list(config.accounts), history=config.history,
         faults=app.faults.to_json()["rules"])
@@ -1134,6 +1261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Shutdown order: stop intake, stop producing, end streams, then release the port.
         log("stopping", reason="signal" if stop.is_set() else "producer_failed")
         server.shutdown()
+        if ws_server is not None:
+            ws_server.shutdown()
         app.stop()
         producer.join(SHUTDOWN_JOIN_S)
         server.server_close()
