@@ -330,6 +330,19 @@ class BrokerFacade:
 
     # -- lifecycle
 
+    def close_with(self, closer: Callable[[], None]) -> None:
+        """Also run ``closer`` when the facade closes (after the adapter's own clean-up)."""
+        previous = self._on_close
+
+        def both() -> None:
+            try:
+                if previous is not None:
+                    previous()
+            finally:
+                closer()
+
+        self._on_close = both
+
     def close(self) -> None:
         if self._closed:
             return

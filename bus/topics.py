@@ -43,6 +43,11 @@ def session(session: str) -> str:
     return f"session.{_seg('session', session)}"
 
 
+def bar_processed(session: str) -> str:
+    """The session's strategy has finished with a bar (``BarProcessed``): what lockstep replay waits for."""
+    return f"strategy.processed.{_seg('session', session)}"
+
+
 def reconcile(session: str) -> str:
     return f"reconcile.{_seg('session', session)}"
 
@@ -72,6 +77,9 @@ def strategy_service(session: str) -> str:
     """The strategy process of a session answers ``RollRequest`` and ``FlattenRequest``."""
     return f"strategy.{_seg('session', session)}"
 
+
+TOKENS_SERVICE = "tokens"
+"""Broker tokens (``TokenRequest``, ``TokenRejected``): the one tokens process of the installation."""
 
 CONTROL_SERVICE = "control"
 """Operator commands (``OperatorCommand``), answered by any reconciler worker."""

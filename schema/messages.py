@@ -100,6 +100,22 @@ class ReconcileReport(Message, kw_only=True):
     ok: bool
 
 
+class BarProcessed(Message, kw_only=True):
+    """A session's strategy has decided on a bar it received live, and every order it sent for that
+    bar has been answered by the account (which answers only after the venue did). A replay in
+    lockstep releases the next bar on it. ``live`` is False for a bar that arrived stale (it moved
+    the indicators but could not trade)."""
+
+    TYPE = "strategy.processed"
+    session: str
+    symbol: str
+    interval: str
+    ts_ns: int
+    index: int
+    live: bool
+    orders_sent: int
+
+
 class Heartbeat(Message, kw_only=True):
     TYPE = "heartbeat"
     process: str
@@ -230,6 +246,33 @@ class CommandDone(Message, kw_only=True):
     text: str
 
 
+class TokenIssued(Message, kw_only=True):
+    """A broker account's new token, encrypted with the installation's token key (``services.tokens``):
+    the journal and the wire never carry it in clear."""
+
+    TYPE = "auth.token"
+    account: str
+    version: int
+    expires_ns: int
+    ciphertext: bytes
+
+
+class TokenRequest(Message, kw_only=True):
+    """Ask the tokens service for an account's current token (reply ``TokenIssued``)."""
+
+    TYPE = "auth.get"
+    account: str
+
+
+class TokenRejected(Message, kw_only=True):
+    """The venue refused token ``version``: refresh it unless that has happened already (reply
+    ``TokenIssued`` with a newer version, or an error)."""
+
+    TYPE = "auth.rejected"
+    account: str
+    version: int
+
+
 class ErrorReply(Message, kw_only=True):
     """Any request can be answered with this. ``code`` is a stable machine-readable name."""
 
@@ -247,6 +290,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         PositionChanged,
         SessionStateChanged,
         ReconcileReport,
+        BarProcessed,
         Heartbeat,
         Alert,
         SubmitOrder,
@@ -262,6 +306,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         FlattenRequest,
         OperatorCommand,
         CommandDone,
+        TokenIssued,
+        TokenRequest,
+        TokenRejected,
         ErrorReply,
     )
 }

@@ -268,6 +268,34 @@ class Store:
             s.execute(sa.delete(SessionRow).where(SessionRow.id == row.id))
             self._append(s, session_aggregate(name), "removed", {"id": row.id, "forced": force}, ts)
 
+    def move_session(self, name: str, *, account: str, data_source: str, now_ns: int) -> SessionInfo:
+        """Point a session at another broker account and data source (a configuration change: the
+        strategy is untouched). Refused (``SessionBusy``) while it has open orders or a non-flat
+        position — that risk lives at the old broker — and when ``account`` already has a session on
+        the same contract."""
+
+        def attempt() -> SessionInfo:
+            with self._tx() as s:
+                row = _session_row(s, name)
+                open_orders = s.scalar(sa.select(sa.func.count()).select_from(OrderRow)
+                                       .where(OrderRow.session == name, OrderRow.status.in_(_OPEN_STATUSES)))
+                held = [p for p in s.scalars(sa.select(PositionRow).where(PositionRow.session == name))
+                        if p.quantity != ZERO]
+                if open_orders or held:
+                    raise SessionBusy(f"session {name} has {open_orders} open order(s) and {len(held)} open "
+                                      f"position(s) at {row.account}: flatten it before switching broker")
+                clash = s.scalar(sa.select(SessionRow.name).where(
+                    SessionRow.account == account, SessionRow.contract == row.contract, SessionRow.name != name))
+                if clash is not None:
+                    raise SessionBusy(f"session {clash} already trades {row.contract} on account {account}")
+                before = {"account": row.account, "data_source": row.data_source}
+                row.account, row.data_source, row.updated_ns = account, data_source, now_ns
+                self._append(s, session_aggregate(name), "broker_switched",
+                             {"from": before, "to": {"account": account, "data_source": data_source}}, now_ns)
+                return _session_info(row)
+
+        return self._retrying(f"move_session {name}", attempt)
+
     def transition_session(
         self, name: str, event: SessionEvent | str, *, reason: str, now_ns: int
     ) -> SessionInfo:

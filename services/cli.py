@@ -61,7 +61,7 @@ class _Commands(click.Group):
     process starts through this module, and should not pay for them."""
 
     LAZY = {"bench": "services.bench", "chaos": "services.chaos", "journal": "services.journal_cli",
-            "keys": "services.keys_cli"}
+            "keys": "services.keys_cli", "replay": "services.backtest.replay_cli"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
@@ -84,12 +84,14 @@ def main() -> None:
 
 def initialise(config: Config) -> list[str]:
     from schema.db import migrate
+    from services.tokens.crypto import load_or_create_key
     from services import supervisor
     from services.sessions import seed_demo
 
     for folder in (config.paths.state, config.paths.logs, config.paths.journal, config.paths.groups):
         folder.mkdir(parents=True, exist_ok=True)
     config.paths.state.chmod(0o700)
+    load_or_create_key(config.paths.state)
     migrate(config.db_url)
     store = _store(config)
     try:
@@ -426,6 +428,57 @@ def sessions_roll(root: str | None, name: str, to_contract: str | None) -> None:
     _operate(root, lambda config, store, pub, rpc: operator.roll(store, rpc, name, to_contract))
 
 
+@sessions.command("switch")
+@root_option
+@click.argument("name")
+@click.option("--account", required=True, help="The broker account that takes the session's orders.")
+@click.option("--data-source", default=None, help="The broker account its bars come from (default: --account).")
+def sessions_switch(root: str | None, name: str, account: str, data_source: str | None) -> None:
+    """Move a session to another broker (a configuration change; the strategy is untouched).
+
+    Refused while the session has open orders or a position: flatten it first.
+    """
+    from services import operator
+
+    _operate(root, lambda config, store, pub, rpc: operator.switch(config, store, name, account=account,
+                                                                     data_source=data_source))
+
+
+@main.command("brokers")
+@root_option
+@click.option("--json", "as_json", is_flag=True)
+def brokers_cmd(root: str | None, as_json: bool) -> None:
+    """Brokers with their capabilities, and the configured accounts with whether credentials are set."""
+    from brokers.registry import broker_info, credentials_configured, known_brokers
+
+    config = _config(root)
+    store = _store(config)
+    try:
+        accounts = store.list_broker_accounts()
+    finally:
+        store.close()
+    rows = []
+    for name in known_brokers():
+        info = broker_info(name)
+        caps = info.capabilities
+        mine = [a for a in accounts if a.broker == name]
+        rows.append({
+            "broker": name,
+            "execution": None if caps is None else caps.execution,
+            "market_data": None if caps is None else caps.market_data,
+            "lookup_by_client_id": None if caps is None else caps.lookup_by_client_id,
+            "brackets": None if caps is None else caps.brackets,
+            "modify": None if caps is None else caps.modify,
+            "credentials": ", ".join(info.credentials) or "-",
+            "accounts": ", ".join(
+                f"{a.name} ({'credentials set' if credentials_configured(a.name, {**dict(a.config), 'broker': name}) else 'credentials MISSING'})"
+                for a in mine) or "-",
+            "error": info.error,
+        })
+    _emit(rows, as_json, "brokers", ["broker", "execution", "market_data", "lookup_by_client_id", "brackets",
+                                     "modify", "credentials", "accounts"])
+
+
 @sessions.command("remove")
 @root_option
 @click.argument("name")
@@ -446,7 +499,7 @@ def sessions_remove(root: str | None, name: str, force: bool) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("service", type=click.Choice(["busd", "venue-sim", "marketdata", "account", "strategy",
-                                              "reconciler", "jobs", "sessionguard"]))
+                                              "reconciler", "jobs", "sessionguard", "tokens"]))
 @click.option("--session", default=None)
 @click.option("--worker", default=0, type=int)
 def run(service: str, session: str | None, worker: int) -> None:
@@ -465,7 +518,10 @@ def run(service: str, session: str | None, worker: int) -> None:
         sim = config.venue_sim
         argv = ["--port", str(sim.port), "--state-dir", str(config.paths.state), "--pace", str(sim.pace_s),
                 "--seed", str(sim.seed), "--interval", sim.interval, "--history", str(sim.history_bars),
-                "--accounts", "SIM1", "--symbols", ",".join(venue_symbols(_now_ns()))]
+                "--accounts", "SIM1", "--symbols", ",".join(venue_symbols(_now_ns(), sim.dialect)),
+                "--dialect", sim.dialect, "--token-ttl-s", str(sim.token_ttl_s)]
+        if sim.dialect != "sim":
+            argv += ["--ws-port", str(sim.ws_url.rsplit(":", 1)[1])]
         for symbol, path in sim.csv.items():
             argv += ["--csv", f"{symbol}={path}"]
         sys.exit(server.main(argv))
@@ -495,6 +551,10 @@ def _service_body(service: str, session: str | None, worker: int):
         from services.jobs.main import run as work
 
         return lambda shell: work(shell, worker)
+    elif service == "tokens":
+        from services.tokens.main import run as own_tokens
+
+        return own_tokens
     else:
         from services.sessionguard.main import run as guard
 

@@ -100,10 +100,20 @@ class VenueSimConfig:
     history_bars: int = DEFAULT_HISTORY_BARS
     interval: str = "1m"
     csv: dict[str, str] = field(default_factory=dict)
+    dialect: str = "sim"
+    """The venue wire protocol the simulator serves next to its own: sim, tradovate, tradestation,
+    schwab or deribit. With a venue dialect the demo sessions trade through that venue's adapter."""
+    ws_port: int = 0
+    """The simulator's WebSocket port (dialects that stream over WebSocket); 0: ``port + 1``."""
+    token_ttl_s: float = 1200.0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port or self.port + 1}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,27 @@ class Config:
     demo: bool = True
     risk: RiskConfig = field(default_factory=RiskConfig)
     bus: BusSettings = field(default_factory=BusSettings)  # [bus]: ipc (default) or tcp with CURVE
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``[accounts.NAME]``: broker accounts (``broker = "…"`` plus its options, never secrets), written
+    to the database by ``tradebus init``/``up``; credentials come from the environment or a secrets file."""
+
+
+def _accounts(raw: Any, paths: Paths) -> dict[str, dict[str, Any]]:
+    """``[accounts.NAME]`` tables: each names its ``broker``; the rest is the adapter's options."""
+    from brokers.registry import known_brokers
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{paths.config_file}: [accounts] must hold one table per account")
+    accounts: dict[str, dict[str, Any]] = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{paths.config_file}: accounts.{name} must be a table")
+        broker = table.get("broker")
+        if broker not in known_brokers():
+            raise ConfigError(f"{paths.config_file}: accounts.{name}.broker must be one of "
+                              f"{', '.join(known_brokers())}; got {broker!r}")
+        accounts[str(name)] = dict(table)
+    return accounts
 
 
 def find_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -166,12 +197,13 @@ def load_config(root: Path | None = None) -> Config:
             raise ConfigError(f"{paths.config_file}: not valid TOML: {exc}") from exc
     engine = _section(raw, "engine", {"db_url", "reconcilers", "job_workers", "reconcile_interval_s", "restarts",
                                       "restart_window_s", "demo"}, paths)
-    venue = _section(raw, "venue_sim", {"port", "pace_s", "seed", "history_bars", "interval", "csv"},
-                     paths)
+    venue = _section(raw, "venue_sim", {"port", "pace_s", "seed", "history_bars", "interval", "csv", "dialect",
+                                        "ws_port", "token_ttl_s"}, paths)
+    accounts = _accounts(raw.get("accounts", {}), paths)
     risk = _risk_config(_section(raw, "risk", {"warn_pct", "block_pct", "equity", "default_risk_per_contract",
                                                "per_contract"}, paths), paths)
     bus_settings = _bus_settings(raw, paths)
-    unknown = set(raw) - {"engine", "venue_sim", "risk", "bus"}
+    unknown = set(raw) - {"engine", "venue_sim", "risk", "bus", "accounts"}
     if unknown:
         raise ConfigError(f"{paths.config_file}: unknown section(s) {sorted(unknown)}")
     db_url = os.environ.get(DB_URL_ENV) or engine.get("db_url") or f"sqlite:///{paths.sqlite_db}"
@@ -183,6 +215,9 @@ def load_config(root: Path | None = None) -> Config:
             history_bars=int(venue.get("history_bars", DEFAULT_HISTORY_BARS)),
             interval=str(venue.get("interval", "1m")),
             csv={str(k): str(v) for k, v in dict(venue.get("csv", {})).items()},
+            dialect=str(venue.get("dialect", "sim")),
+            ws_port=int(venue.get("ws_port", 0)),
+            token_ttl_s=float(venue.get("token_ttl_s", 1200.0)),
         )
         config = Config(
             paths=paths,
@@ -196,6 +231,7 @@ def load_config(root: Path | None = None) -> Config:
             demo=bool(engine.get("demo", True)),
             risk=risk,
             bus=bus_settings,
+            accounts=accounts,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{paths.config_file}: bad value: {exc}") from exc
@@ -205,6 +241,13 @@ def load_config(root: Path | None = None) -> Config:
         raise ConfigError(f"{paths.config_file}: engine.job_workers must be 1..16, got {config.job_workers}")
     if config.venue_sim.pace_s <= 0:
         raise ConfigError(f"{paths.config_file}: venue_sim.pace_s must be > 0")
+    if config.venue_sim.token_ttl_s <= 0:
+        raise ConfigError(f"{paths.config_file}: venue_sim.token_ttl_s must be > 0")
+    from brokers.sim.dialects import DIALECTS
+
+    if config.venue_sim.dialect not in ("sim", *DIALECTS):
+        raise ConfigError(f"{paths.config_file}: venue_sim.dialect must be one of sim, {', '.join(DIALECTS)}; "
+                          f"got {config.venue_sim.dialect!r}")
     return config
 
 

@@ -125,6 +125,39 @@ def remove(config: Config, store: Any, name: str, *, force: bool = False) -> Out
     return Outcome(name, "removed", f"session {name} removed ({session.contract}); its history stays in the database")
 
 
+def switch(config: Config, store: Any, name: str, *, account: str, data_source: str | None = None) -> Outcome:
+    """Move a session to another broker account (and data source; default: the same account): a
+    configuration change, the strategy untouched. Refused while the session holds risk at its
+    current broker, or when the accounts cannot do their part (orders / bars)."""
+    from brokers.registry import broker_info
+    from schema.errors import SessionBusy
+
+    session = _session(store, name)
+    data_source = data_source or account
+    accounts = {a.name: a for a in store.list_broker_accounts()}
+    for role, wanted, capability in (("orders", account, "execution"), ("data", data_source, "market_data")):
+        if wanted not in accounts:
+            raise CommandRefused(f"no broker account named {wanted!r} (known: {', '.join(accounts) or 'none'})")
+        info = broker_info(accounts[wanted].broker)
+        if info.capabilities is None or not getattr(info.capabilities, capability):
+            raise CommandRefused(f"account {wanted} ({accounts[wanted].broker}) cannot serve {role}: "
+                                 f"its broker lacks {capability.replace('_', ' ')}")
+    if (session.account, session.data_source) == (account, data_source):
+        return Outcome(name, str(session.state), f"session {name} already uses {account} (data {data_source})")
+    try:
+        moved = store.move_session(name, account=account, data_source=data_source, now_ns=clock_ns())
+    except SessionBusy as exc:
+        raise CommandRefused(str(exc)) from None
+    text = (f"session {name}: orders on {account}, data from {data_source} "
+            f"(was {session.account} / {session.data_source})")
+    if supervisor.is_running(config):
+        proxy = supervisor.rpc(config)
+        proxy.supervisor.stopProcessGroup(supervisor.group_name(name), True)
+        proxy.supervisor.startProcessGroup(supervisor.group_name(name), False)
+        return Outcome(name, str(moved.state), text + "; its group is restarting and reconciles with the new broker")
+    return Outcome(name, str(moved.state), text)
+
+
 def _ask_strategy(rpc: Any, name: str, body: m.Message) -> Outcome:
     try:
         reply = rpc.call(topics.strategy_service(name), body, timeout_s=STRATEGY_TIMEOUT_S, session=name)

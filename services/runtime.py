@@ -86,6 +86,14 @@ class ProcessShell:
 
         return self.until_connected("database", lambda: _checked_store(Store, self.config.db_url))
 
+    def broker(self, store, account: str):  # -> brokers.base.BrokerFacade
+        """The facade of broker ``account``; its tokens (if the broker needs any) come from the tokens
+        service, never from a refresh of this process's own."""
+        from services.tokens.client import broker_facade
+
+        return broker_facade(store, account, endpoints=self.endpoints(), state_dir=self.config.paths.state,
+                             source=self.name)
+
     def through_outage(self, doing: str, operation: Callable[[], T]) -> T:
         """Run a database operation, waiting out an outage (``StoreUnavailable``) with capped backoff
         instead of failing: for work that must not be skipped (a strategy's state, its outbox).

@@ -48,6 +48,8 @@ port = {port}
 pace_s = {pace}
 history_bars = 30
 {seed_line}
+{venue_lines}
+{extra}
 """
 
 
@@ -93,7 +95,10 @@ def prepare_root(root: Path, toml: str) -> dict[str, str]:
 class EngineTree:
     def __init__(self, root: Path, *, pace: float = 0.1, reconcilers: int = 2, restarts: int = 5,
                  restart_window_s: float = 60.0, reconcile_interval_s: float = 1.0,
-                 db_url: str | None = None, venue_seed: int | None = None) -> None:
+                 db_url: str | None = None, venue_seed: int | None = None, venue_lines: str = "",
+                 extra_toml: str = "") -> None:
+        """``venue_lines`` go into ``[venue_sim]`` (e.g. ``dialect = "tradovate"``); ``extra_toml`` is
+        appended after it (more sections)."""
         self.root = Path(root).resolve()
         self.venue_port = free_port()
         self._db_url = db_url
@@ -101,7 +106,8 @@ class EngineTree:
             reconcilers=reconcilers, reconcile_interval_s=float(reconcile_interval_s), restarts=restarts,
             restart_window_s=float(restart_window_s), port=self.venue_port, pace=pace,
             db_line=f'db_url = "{db_url}"' if db_url else "",
-            seed_line="" if venue_seed is None else f"seed = {int(venue_seed)}"))
+            seed_line="" if venue_seed is None else f"seed = {int(venue_seed)}",
+            venue_lines=venue_lines, extra=extra_toml))
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
 

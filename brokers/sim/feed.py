@@ -83,8 +83,10 @@ class CsvFeed:
     """Bars from an OHLCV CSV: ``Date,Open,High,Low,Close,Volume`` (or ``Timestamp``/``Datetime``).
 
     Dates may be daily (``2025-01-31``) or intraday ISO (``2025-01-31 14:30:00``, ``…T14:30Z``);
-    naive times are taken as UTC. Volume is optional (0). Rows must be in time order. A bad row
-    raises ``CsvFeedError`` naming the file and line when it is reached.
+    naive times are taken as UTC. A plain number is a Unix epoch time, its unit read from its size
+    (see ``epoch_ns``). Column names are matched case-insensitively. Volume is optional (0). Rows
+    must be in time order. A bad row raises ``CsvFeedError`` naming the file and line when it is
+    reached.
     """
 
     def __init__(self, path: str | Path, symbol: str, interval: str) -> None:
@@ -126,6 +128,9 @@ class CsvFeed:
 
     def _timestamp(self, text: str | None, line: int) -> int:
         raw = (text or "").strip()
+        epoch = epoch_ns(raw)
+        if epoch is not None:
+            return epoch
         moment = _parse_moment(raw)
         if moment is None:
             raise CsvFeedError(f"{self.path}:{line}: bad date {raw!r} (expected ISO, e.g. 2025-01-31 or 2025-01-31 14:30:00)")
@@ -133,6 +138,26 @@ class CsvFeed:
             moment = moment.replace(tzinfo=UTC)
         delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
+
+
+EPOCH_UNITS_NS = ((10**11, NS_PER_SECOND), (10**14, 10**6), (10**17, 10**3))
+"""An epoch number below 1e11 counts seconds, below 1e14 milliseconds, below 1e17 microseconds, else
+nanoseconds (1e11 s is the year 5138; 1e11 ms is 1973): every date from 1973 on reads right."""
+EPOCH_MIN_DIGITS = 9
+"""Fewer digits before the point is not an epoch time but, e.g., a compact date (``20250131``)."""
+
+
+def epoch_ns(raw: str) -> int | None:
+    """A Unix epoch time written as a plain number (``1735689600``, ``1735689600000``,
+    ``1735689600.5``) in integer nanoseconds; None when ``raw`` is not such a number."""
+    whole, _, fraction = raw.partition(".")
+    if len(whole) < EPOCH_MIN_DIGITS or not whole.isdigit() or not (fraction == "" or fraction.isdigit()):
+        return None
+    value = Decimal(raw)
+    for below, scale in EPOCH_UNITS_NS:
+        if value < below:
+            return int(value * scale)
+    return int(value)
 
 
 _FALLBACK_FORMATS = ("%m/%d/%Y", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%Y%m%d", "%Y%m%d %H:%M:%S")

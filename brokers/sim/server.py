@@ -13,7 +13,8 @@ the readiness file) and exit 0. Logs are JSON lines on stdout.
 Endpoints (prefix ``/v1``; bodies and answers are JSON, Decimals as strings):
 
 =======  ==========================================  ==================================================
-GET      /health                                     ``{"status": "ok", "symbols", "last_index"}``
+GET      /health                                     ``{"status": "ok", "symbols", "last_index", "exhausted"}``
+                                                     (``"lockstep": {released, produced, exhausted}`` with --lockstep)
 GET      /instruments                                served symbols with tick size, point value …
 POST     /orders                                     200 order · 422 ``{"error": "rejected", "reason"}``
 GET      /orders?account=&status=open                ``{"orders": [...]}`` (status omitted: all)
@@ -34,6 +35,8 @@ GET      /admin/positions                            ``{"positions": [...]}`` no
 GET      /admin/faults                               ``{"rules": [{call, fault, probability, count, delay_s, hits}], "seed"}``
 POST     /admin/faults                               body ``{"seed"?, "rules": [...]}`` replaces all rules; 400 names the bad field
 DELETE   /admin/faults                               clears the rules
+POST     /admin/release                              --lockstep only: body ``{"index": n}`` lets bar rounds up to n
+                                                     be produced (``brokers.sim.lockstep``); 409 without --lockstep
 =======  ==========================================  ==================================================
 
 Fault injection (``brokers.sim.faults``): rules, set over HTTP or with ``--faults FILE`` at start,
@@ -79,6 +82,7 @@ from brokers.sim.dialects.tokens import DEFAULT_TTL_S as DEFAULT_TOKEN_TTL_S
 from brokers.sim.dialects.tokens import SimTokens
 from brokers.sim.faults import Fault, FaultConfigError, FaultPlan, FaultRule, Fired, parse_fault_config
 from brokers.sim.feed import CsvFeed, RandomWalkFeed
+from brokers.sim.lockstep import LockstepGate, Lookahead, run_lockstep
 from brokers.sim.fill_feed import FeedMessage, FillFeed
 from brokers.sim.venue import (
     DEFAULT_STARTING_EQUITY,
@@ -370,6 +374,12 @@ class SimConfig:
     """Which venue's wire protocol is served next to the simulator's own (``brokers.sim.dialects``)."""
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
     """Lifetime of the access tokens the dialects issue."""
+    ws_port: int = 0
+    """The dialect's WebSocket port (0: any free port; the ready file says which)."""
+    lockstep: bool = False
+    """Produce a bar round only once released (``POST /v1/admin/release``), never on the pace timer."""
+    slippage_ticks: int = 0
+    """Market and stop fills move this many ticks against the order (``Venue``)."""
 
 
 class SimApp:
@@ -391,7 +401,7 @@ class SimApp:
         ticks = {s: instrument(canonical_root(s)).tick_size for s in config.symbols}
         point_values = {s: instrument(canonical_root(s)).point_value for s in config.symbols}
         self.venue = Venue(config.accounts, ticks, point_values=point_values,
-                           starting_equity=config.starting_equity)
+                           starting_equity=config.starting_equity, slippage_ticks=config.slippage_ticks)
         self.books = {s: BarBook(s) for s in config.symbols}
         self.dialect: Dialect | None = load_dialect(config.dialect)
         self.dialect_routes = tuple((re.compile(f"^{r.pattern}$"), r) for r in self.dialect.routes) if self.dialect else ()
@@ -399,6 +409,10 @@ class SimApp:
         start_ns = now_ns // self.interval_ns * self.interval_ns - config.history * self.interval_ns
         self.feeds: dict[str, Iterator[Bar]] = {s: iter(self._feed(s, start_ns)) for s in config.symbols}
         self._exhausted: set[str] = set()
+        self.gate: LockstepGate | None = None
+        if config.lockstep:  # finite feeds, read one bar ahead so their end is known with their last bar
+            self.feeds = {s: Lookahead(feed) for s, feed in self.feeds.items()}
+            self.gate = LockstepGate(produced=config.history - 1)  # main() produces the history rounds
 
     def _feed(self, symbol: str, start_ns: int) -> RandomWalkFeed | CsvFeed:
         if symbol in self.config.csv:
@@ -443,11 +457,20 @@ class SimApp:
             self.fill_feed.publish(fill, now=now, repeat_after_s=fired.delay_s)
         return fired
 
+    def feeds_exhausted(self) -> bool:
+        """Every feed has given its last bar. Producer thread only (a lockstep feed reads ahead)."""
+        return all(s in self._exhausted or (isinstance(f, Lookahead) and f.exhausted) for s, f in self.feeds.items())
+
     def run_producer(self) -> None:
         """Emit a round every ``pace`` seconds on the monotonic clock (no drift, no catch-up burst
-        after a stall: a late round simply resets the schedule)."""
+        after a stall: a late round simply resets the schedule). In lockstep, a round whenever the
+        next one is released."""
         next_at = time.monotonic() + self.config.pace_s
         try:
+            if self.gate is not None:
+                run_lockstep(self.gate, produce_round=self.produce_one_round, exhausted=self.feeds_exhausted,
+                             stopping=self.stopping, log=self.log)
+                return
             while not self.stopping.wait(max(0.0, next_at - time.monotonic())):
                 self.produce_one_round()
                 next_at += self.config.pace_s
@@ -506,6 +529,7 @@ _ROUTES: tuple[Route, ...] = tuple(
         ("GET", r"/admin/faults", "get_faults", None),
         ("POST", r"/admin/faults", "post_faults", None),
         ("DELETE", r"/admin/faults", "delete_faults", None),
+        ("POST", r"/admin/release", "post_release", None),
         ("POST", r"/admin/expire-tokens", "post_expire_tokens", None),
     )
 )
@@ -809,8 +833,11 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         with self.app.lock:
             last = {s: b.last_index for s, b in self.app.books.items()}
         status = "stopping" if self.app.stopping.is_set() else "ok"
+        gate = self.app.gate
+        pacing = {"lockstep": gate.view(), "exhausted": gate.exhausted} if gate is not None else {
+            "exhausted": len(self.app._exhausted) == len(self.app.books)}
         self._send_json(200, {"status": status, "symbols": list(self.app.books), "last_index": last,
-                              "interval": self.app.config.interval})
+                              "interval": self.app.config.interval, **pacing})
 
     def get_instruments(self, query: Mapping[str, list[str]]) -> None:
         rows = []
@@ -1050,6 +1077,19 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         self.app.log("tokens_expired", level="warning", count=expired)
         self._send_json(200, {"expired": expired})
 
+    def post_release(self, query: Mapping[str, list[str]]) -> None:
+        """Lockstep: let bar rounds up to ``index`` be produced; answers the gate's view."""
+        index = self._json_body().get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise BadRequest("field 'index' must be a bar index (an integer >= 0)")
+        gate = self.app.gate
+        if gate is None:
+            self._send_json(409, {"error": "not_lockstep",
+                                  "message": "this simulator paces bars by time; start it with --lockstep"})
+            return
+        gate.release(index)
+        self._send_json(200, gate.view())
+
     def _set_faults(self, plan: FaultPlan) -> None:
         """Replace every rule (and the generator, and the hit counts). Fill messages already
         delayed or repeated stay scheduled: those fills happened under the old rules."""
@@ -1093,7 +1133,8 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR), help="where venue-sim.json is written")
-    parser.add_argument("--symbols", default=",".join(front_contract(r, today) for r in DEFAULT_SYMBOL_ROOTS))
+    default_symbols = ",".join(front_contract(r, today) for r in DEFAULT_SYMBOL_ROOTS)
+    parser.add_argument("--symbols", default=None, help=f"default {default_symbols} (with --lockstep: the --csv symbols)")
     parser.add_argument("--interval", default=DEFAULT_INTERVAL)
     parser.add_argument("--pace", type=float, default=DEFAULT_PACE_S, help="wall seconds between bars")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -1105,8 +1146,12 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
                              f"default {DEFAULT_STARTING_EQUITY}")
     parser.add_argument("--dialect", default="sim", help="serve this venue's wire protocol too: sim, tradovate, "
                                                            "tradestation, schwab, deribit")
+    parser.add_argument("--ws-port", type=int, default=0, help="the dialect's WebSocket port (0 picks a free one)")
     parser.add_argument("--token-ttl-s", type=float, default=DEFAULT_TOKEN_TTL_S,
                         help="lifetime of the access tokens a dialect issues")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="produce a bar round only when POST /v1/admin/release allows it (every symbol needs --csv)")
+    parser.add_argument("--slippage-ticks", type=int, default=0, help="market/stop fills this many ticks worse")
     parser.add_argument("--faults", type=Path, metavar="FILE",
                         help='fault rules active from the start: JSON {"seed"?, "rules": [...]} as POST /v1/admin/faults')
     args = parser.parse_args(argv)
@@ -1125,7 +1170,13 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
             if not Path(path).is_file():
                 raise ValueError(f"--csv {code}: no such file {path}")
             csv_files[code] = Path(path)
-        symbols = tuple(dict.fromkeys(_canonical_symbols(args.symbols) + tuple(csv_files)))
+        listed = (_canonical_symbols(args.symbols) if args.symbols is not None
+                  else () if args.lockstep and csv_files else _canonical_symbols(default_symbols))
+        symbols = tuple(dict.fromkeys(listed + tuple(csv_files)))
+        if args.lockstep and (missing := [s for s in symbols if s not in csv_files]):
+            raise ValueError(f"--lockstep replays finite CSV feeds: give --csv for {', '.join(missing)}")
+        if args.slippage_ticks < 0:
+            raise ValueError("--slippage-ticks must be >= 0")
         accounts = tuple(a.strip() for a in args.accounts.split(",") if a.strip())
         if not accounts:
             raise ValueError("--accounts: at least one account")
@@ -1142,7 +1193,8 @@ def parse_args(argv: Sequence[str] | None, *, today: date) -> SimConfig:
                      fault_seed=None if args.faults is None else faults.seed,
                      starting_equity=MappingProxyType(starting_equity),
                      trace_streams=os.environ.get(TRACE_STREAMS_ENV) == "1",
-                     dialect=args.dialect, token_ttl_s=args.token_ttl_s)
+                     dialect=args.dialect, token_ttl_s=args.token_ttl_s, ws_port=args.ws_port,
+                     lockstep=args.lockstep, slippage_ticks=args.slippage_ticks)
 
 
 def _starting_equity(items: Sequence[str], accounts: Sequence[str]) -> dict[str, Decimal]:
@@ -1211,7 +1263,7 @@ def _start_websocket(app: SimApp, host: str) -> Any:
             app.log("ws_handler_failed", level="error", error=f"{type(exc).__name__}: {exc}",
                     trace=traceback.format_exc(limit=8))
 
-    ws_server = serve(on_connection, host, 0, max_size=MAX_BODY_BYTES)
+    ws_server = serve(on_connection, host, app.config.ws_port, max_size=MAX_BODY_BYTES)
     threading.Thread(target=ws_server.serve_forever, name="venue-sim-ws", daemon=True).start()
     return ws_server
 

@@ -4,7 +4,7 @@ Time comes from the bars: the venue's "now" is the open time of the latest bar i
 and fills are stamped with the open time of the bar that filled them. The HTTP server
 (``brokers.sim.server``) owns threads, sockets and pacing, and calls in under one lock.
 
-Fill model (whole quantity at once; no partial fills, no queue position, no slippage):
+Fill model (whole quantity at once; no partial fills, no queue position; slippage only when asked):
 
 * MARKET — submitted while bar t is the latest closed bar, fills at the OPEN of bar t+1.
 * LIMIT — fills on the first later bar whose range reaches the limit L, at L, or at the bar's open
@@ -16,6 +16,10 @@ Fill model (whole quantity at once; no partial fills, no queue position, no slip
   satisfies the limit L (buy: T ≤ L; sell: T ≥ L) it fills at T in that same bar. Otherwise the
   order rests as a plain LIMIT from the NEXT bar on: within the trigger bar we cannot know whether
   the range after the trigger came back to L, so we never assume it did.
+* Slippage: with ``slippage_ticks`` = n > 0, MARKET and STOP fills (the orders that take whatever
+  the market gives) move n ticks against the order — a buy pays n ticks more, a sell receives n
+  ticks less (never below one tick). LIMIT and STOP_LIMIT fills are at their price or better and do
+  not slip. The default, 0, is the model above unchanged.
 * Time in force: DAY and GTC behave alike (bars carry no session boundaries). IOC orders get one
   bar: if the first bar after submission does not fill them, they expire.
 
@@ -42,6 +46,8 @@ DEFAULT_STARTING_EQUITY = Decimal("1000000")
 """Equity of an account before any fill, unless the venue is told otherwise."""
 NO_BAR_YET = -1
 """``submitted_after_index`` of an order placed before any bar of its symbol."""
+SLIPPING_ORDER_TYPES = frozenset({OrderType.MARKET, OrderType.STOP})
+"""Orders that take the market's price and so can slip (see the module docstring)."""
 
 
 class VenueError(Exception):
@@ -181,13 +187,20 @@ class Venue:
     With ``symbols=None`` any symbol that has had a bar is tradeable and ticks are not checked.
     ``point_values`` (currency per point per contract) value realized P&L; a symbol missing from it
     counts 1. ``starting_equity`` is one amount for every account or one per account (missing:
-    ``DEFAULT_STARTING_EQUITY``).
+    ``DEFAULT_STARTING_EQUITY``). ``slippage_ticks`` moves MARKET and STOP fills against the order
+    (see the module docstring); it needs ``symbols`` (their tick sizes).
     """
 
     def __init__(self, accounts: Iterable[str], symbols: Mapping[str, Decimal] | None = None, *,
                  point_values: Mapping[str, Decimal] | None = None,
-                 starting_equity: Decimal | Mapping[str, Decimal] = DEFAULT_STARTING_EQUITY) -> None:
+                 starting_equity: Decimal | Mapping[str, Decimal] = DEFAULT_STARTING_EQUITY,
+                 slippage_ticks: int = 0) -> None:
+        if slippage_ticks < 0:
+            raise ValueError(f"slippage_ticks must be >= 0, got {slippage_ticks}")
+        if slippage_ticks and symbols is None:
+            raise ValueError("slippage_ticks needs the symbols' tick sizes")
         self.accounts: frozenset[str] = frozenset(accounts)
+        self.slippage_ticks = slippage_ticks
         self._point_values: dict[str, Decimal] = dict(point_values or {})
         if isinstance(starting_equity, Decimal):
             self._starting = {a: starting_equity for a in self.accounts}
@@ -196,6 +209,9 @@ class Venue:
         self._realized: dict[str, Decimal] = {a: Decimal(0) for a in self.accounts}
         self._ticks: dict[str, Decimal] | None = None if symbols is None else dict(symbols)
         self._orders: dict[str, VenueOrder] = {}
+        self._working_ids: dict[str, None] = {}
+        """Ids of the working orders, in arrival order: ``on_bar`` looks only at these, so a long
+        run's filled orders cost nothing per bar."""
         self._by_client: dict[tuple[str, str], str] = {}
         self._fills: list[VenueFill] = []
         self._positions: dict[tuple[str, str], VenuePosition] = {}
@@ -294,7 +310,7 @@ class Venue:
         problem = self._validate(order)
         if problem is not None:
             order = dataclasses.replace(order, status=OrderStatus.REJECTED, reason=problem)
-        self._orders[order.order_id] = order
+        self._store(order)
         self._by_client[(account, order.client_order_id)] = order.order_id
         if problem is not None:
             raise OrderRejected(problem, order)
@@ -336,11 +352,14 @@ class Venue:
             raise ValueError(f"venue does not trade {bar.symbol}")
         self._last_bar[bar.symbol] = bar
         fills: list[VenueFill] = []
-        for order in list(self._orders.values()):
-            if order.symbol != bar.symbol or not order.is_working or bar.index <= order.submitted_after_index:
+        for order_id in list(self._working_ids):
+            order = self._orders[order_id]
+            if order.symbol != bar.symbol or bar.index <= order.submitted_after_index:
                 continue
             price, triggered = evaluate(order, bar)
             if price is not None:
+                if self.slippage_ticks and order.order_type in SLIPPING_ORDER_TYPES:
+                    price = self._slipped(order, price)
                 fills.append(self._fill(order, price, bar))
             elif order.time_in_force is TimeInForce.IOC:
                 self._store(dataclasses.replace(order, status=OrderStatus.EXPIRED, triggered=triggered,
@@ -365,7 +384,17 @@ class Venue:
 
     def _store(self, order: VenueOrder) -> VenueOrder:
         self._orders[order.order_id] = order
+        if order.is_working:
+            self._working_ids[order.order_id] = None
+        else:
+            self._working_ids.pop(order.order_id, None)
         return order
+
+    def _slipped(self, order: VenueOrder, price: Decimal) -> Decimal:
+        assert self._ticks is not None  # the constructor insists on ticks when slipping
+        tick = self._ticks[order.symbol]
+        slip = self.slippage_ticks * tick
+        return price + slip if order.side is Side.BUY else max(tick, price - slip)
 
     def _validate(self, order: VenueOrder) -> str | None:
         """Why the venue refuses ``order``, or None. Checked on submit and on every modify."""

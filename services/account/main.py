@@ -21,7 +21,6 @@ from decimal import Decimal
 import zmq
 
 from brokers.errors import BrokerError, NotSupported, OutcomeUnknown, Rejected, Retryable
-from brokers.registry import build_facade
 from bus import topics
 from bus.client import Publisher, RpcWorker
 from bus.errors import CODE_UNAVAILABLE
@@ -42,7 +41,6 @@ from services.rolls import is_roll_signal
 from services.runtime import ProcessShell, Stopping
 from services.session_state import escalate
 from services.testhooks import crash_point
-from services.sessions import account_config
 
 FILL_POLL_S = 0.2
 RESOLVE_EVERY_S = 2.0
@@ -65,7 +63,7 @@ class AccountService:
         self.log = shell.log
         self.store = shell.store()
         self.session = self.store.get_session(session_name)
-        self.broker = build_facade(account_config(self.store, self.session.account))
+        self.broker = shell.broker(self.store, self.session.account)
         self.epoch = 0
         self.fill_cursor: str | None = None
         self.publisher: Publisher | None = None

@@ -15,7 +15,6 @@ import zmq
 
 from brokers.errors import BrokerError, UnknownSymbol
 from brokers.instruments import INSTRUMENTS, canonical_root
-from brokers.registry import build_facade
 from bus import topics
 from bus.logs import log
 from schema import messages as m
@@ -23,7 +22,6 @@ from services.convert import bar_message
 from services.marketdata.core import BarBook
 from services.retry import Backoff
 from services.runtime import ProcessShell, Stopping
-from services.sessions import account_config
 
 HISTORY_BARS = 500
 POLL_MS = 100
@@ -39,7 +37,7 @@ class MarketDataService:
         self.log = shell.log
         store = shell.store()
         self.session = store.get_session(session_name)
-        self.broker = build_facade(account_config(store, self.session.data_source))
+        self.broker = shell.broker(store, self.session.data_source)
         store.close()
         self.symbol = self.session.contract
         self.interval = self.session.interval

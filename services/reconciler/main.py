@@ -23,7 +23,6 @@ from decimal import Decimal
 import zmq
 
 from brokers.errors import BrokerError
-from brokers.registry import build_facade
 from bus import topics
 from bus.envelope import now_ns
 from bus.logs import log
@@ -34,7 +33,6 @@ from schema.errors import StoreUnavailable
 from services import operator
 from services.reconciler.core import compare
 from services.runtime import ProcessShell
-from services.sessions import account_config
 
 RECHECKS = 3
 LEASE_INTERVALS = 3  # a session lease outlives this many reconcile intervals
@@ -158,7 +156,7 @@ class Reconciler:
 
     def _broker(self, account: str):
         if account not in self.brokers:
-            self.brokers[account] = build_facade(account_config(self.store, account))
+            self.brokers[account] = self.shell.broker(self.store, account)
         return self.brokers[account]
 
     def reconcile(self, session) -> None:

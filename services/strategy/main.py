@@ -4,7 +4,9 @@ Loop: a closed bar (or an order update) becomes an event; the core decides; the 
 instructions it produced are committed together (the *outbox*) before any instruction is sent; each
 instruction is then executed through ``account.<session>`` and removed from the outbox once the
 account answers. A crash anywhere in between is harmless: at start the outbox is executed again,
-and the account service turns a repeated signal into the same single order.
+and the account service turns a repeated signal into the same single order. Once a bar is decided
+on and the account has answered everything it asked for, ``BarProcessed`` goes out on
+``strategy.processed.<session>`` (what a lockstep replay waits for before the next bar).
 
 Start: restore the persisted state → subscribe to bars and order updates → ask the account for its
 snapshot (position and working orders) → catch up on bars missed while down (history: indicators
@@ -80,6 +82,8 @@ class StrategyService:
         self.worker: Any = None
         self.resync: Resync | None = None
         self.roll_checked: tuple[Any, str] | None = None
+        self.processed: m.BarProcessed | None = None
+        """The last bar's ``BarProcessed``, held back until the account has answered its orders."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,6 +158,7 @@ class StrategyService:
                 self.worker.heartbeat()
                 if self.outbox and time.monotonic() >= self.outbox_due:
                     self._drain_outbox(block=False)
+                self._announce_processed()
             except StoreUnavailable as exc:
                 # No decision is taken without its state stored: wait for the database (a bar
                 # missed meanwhile is caught up from the market-data book on the next one).
@@ -166,8 +171,12 @@ class StrategyService:
                 # Stale data (a consumer far behind, or a gap not mended yet) updates indicators
                 # but never trades.
                 live = self.resync.in_sync and not self.subscriber.lagging
-                self._decide(bar_event(body, live=live), persist=True)
+                instructions = self._decide(bar_event(body, live=live), persist=True)
                 self._roll_if_due(body.ts_ns)
+                self.processed = m.BarProcessed(
+                    session=self.session.name, symbol=body.symbol, interval=body.interval, ts_ns=body.ts_ns,
+                    index=body.index, live=live, orders_sent=sum(isinstance(i, Submit) for i in instructions))
+                self._announce_processed()
         elif isinstance(body, m.OrderUpdated) and body.session == self.session.name:
             if not rolls.is_roll_signal(body.signal):  # roll legs are not the strategy's orders
                 self._decide(order_event(body), persist=True)
@@ -375,7 +384,7 @@ class StrategyService:
 
     # ------------------------------------------------------------------ deciding
 
-    def _decide(self, event: Event, *, persist: bool) -> None:
+    def _decide(self, event: Event, *, persist: bool) -> tuple[Instruction, ...]:
         before = self.state
         self.state, instructions = self.strategy.decide(self.state, event)
         for instruction in instructions:
@@ -387,6 +396,15 @@ class StrategyService:
             self._persist()
         if instructions:
             self._drain_outbox(block=False)
+        return instructions
+
+    def _announce_processed(self) -> None:
+        """Say the last bar is done once nothing it asked for is still waiting for the account:
+        a replay in lockstep (``services.backtest.pipeline``) releases the next bar on it."""
+        if self.processed is not None and not self.outbox:
+            self.publisher.publish(topics.bar_processed(self.session.name), self.processed,
+                                   session=self.session.name, event_ns=self.processed.ts_ns)
+            self.processed = None
 
     def _persist(self) -> None:
         state, outbox = self.strategy.to_json(self.state), list(self.outbox)

@@ -45,6 +45,8 @@ SAMPLES: dict[str, m.Message] = {
     "session.state": m.SessionStateChanged(session="s1", state="trading", previous="reconciling", reason="ok"),
     "reconcile.report": m.ReconcileReport(session="s1", changes=["a", "b"], broker_position=D("2"),
                                           db_position=D("2.0"), ok=True),
+    "strategy.processed": m.BarProcessed(session="s1", symbol="ESZ4", interval="1d", ts_ns=7, index=3, live=True,
+                                         orders_sent=1),
     "heartbeat": m.Heartbeat(process="s1-account", pid=42, state="serving"),
     "alert": m.Alert(level="warning", text="héllo ✓", session=None),
     "order.submit": m.SubmitOrder(session="s1", signal=8, symbol="ESZ4", side="buy", order_type="stop_limit",
@@ -62,6 +64,10 @@ SAMPLES: dict[str, m.Message] = {
     "session.flatten": m.FlattenRequest(session="es-sma"),
     "operator.command": m.OperatorCommand(command="ack", session="es-sma", choice="resume_roll"),
     "operator.done": m.CommandDone(session="es-sma", state="starting", text="session es-sma acknowledged"),
+    "auth.token": m.TokenIssued(account="TS-1", version=3, expires_ns=1_700_000_000_000_000_000,
+                                ciphertext=b"gAAAA-opaque"),
+    "auth.get": m.TokenRequest(account="TS-1"),
+    "auth.rejected": m.TokenRejected(account="TS-1", version=3),
     "error": m.ErrorReply(code="no_worker", message="nobody home"),
 }
 
