@@ -37,7 +37,7 @@ from schema.records import RollInfo
 from services import rolls
 from services.convert import bar_event, order_event, snapshot_event
 from services.retry import Backoff
-from services.runtime import ProcessShell
+from services.runtime import ProcessShell, Stopping
 from services.session_state import announce, apply_session_event, escalate
 from services.testhooks import crash_point
 from schema.errors import IllegalTransition, StoreUnavailable
@@ -45,6 +45,11 @@ from schema.session_fsm import SessionEvent
 from services.strategy.core import Cancel, ContractRolled, Event, Flatten, Instruction, Log, Submit
 from services.strategy.registry import get_strategy
 
+PERSIST_EVERY_BARS = 20
+"""A bar that gives no instruction changes only indicators, which the bars after the last saved one
+rebuild at restart (catch-up from the market-data book, far deeper than this): so the state is
+written with every instruction and order update, and otherwise once per this many bars — not a
+database commit per bar on the hot path."""
 RPC_TIMEOUT_S = 5.0
 POLL_MS = 100
 OPERATOR_POLL_S = 1.0
@@ -82,6 +87,8 @@ class StrategyService:
         self.worker: Any = None
         self.resync: Resync | None = None
         self.roll_checked: tuple[Any, str] | None = None
+        self.unsaved_bars = 0
+        """Bars decided on since the state was last written (see ``PERSIST_EVERY_BARS``)."""
         self.processed: m.BarProcessed | None = None
         """The last bar's ``BarProcessed``, held back until the account has answered its orders."""
 
@@ -171,7 +178,10 @@ class StrategyService:
                 # Stale data (a consumer far behind, or a gap not mended yet) updates indicators
                 # but never trades.
                 live = self.resync.in_sync and not self.subscriber.lagging
-                instructions = self._decide(bar_event(body, live=live), persist=True)
+                instructions = self._decide(bar_event(body, live=live), persist=False)
+                self.unsaved_bars += 1
+                if self.unsaved_bars >= PERSIST_EVERY_BARS and not instructions:
+                    self._persist()
                 self._roll_if_due(body.ts_ns)
                 self.processed = m.BarProcessed(
                     session=self.session.name, symbol=body.symbol, interval=body.interval, ts_ns=body.ts_ns,
@@ -392,7 +402,7 @@ class StrategyService:
                 log(self.log, "strategy_log", text=instruction.text)
             else:
                 self.outbox.append(_encode(instruction))
-        if persist and (self.state != before or instructions):
+        if instructions or (persist and self.state != before):
             self._persist()
         if instructions:
             self._drain_outbox(block=False)
@@ -407,6 +417,7 @@ class StrategyService:
             self.processed = None
 
     def _persist(self) -> None:
+        self.unsaved_bars = 0
         state, outbox = self.strategy.to_json(self.state), list(self.outbox)
         self.shell.through_outage("saving strategy state", lambda: self.store.save_strategy_state(
             self.session.name, state, outbox, now_ns=now_ns()))
@@ -475,6 +486,11 @@ class StrategyService:
         return state
 
     def _stop_cleanly(self) -> None:
+        if self.unsaved_bars:
+            try:
+                self._persist()
+            except Stopping:
+                pass
         for event, reason in ((SessionEvent.STOP, "stop requested"), (SessionEvent.STOPPED, "stopped cleanly")):
             try:
                 self._event(event, reason)
