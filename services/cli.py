@@ -513,12 +513,12 @@ def run(service: str, session: str | None, worker: int) -> None:
         sys.exit(busd.main(["--state-dir", str(config.paths.state)]))
     if service == "venue-sim":
         from brokers.sim import server
-        from services.sessions import venue_symbols
+        from services.sessions import DIALECT_SIM_ACCOUNT, venue_symbols
 
         sim = config.venue_sim
         argv = ["--port", str(sim.port), "--state-dir", str(config.paths.state), "--pace", str(sim.pace_s),
                 "--seed", str(sim.seed), "--interval", sim.interval, "--history", str(sim.history_bars),
-                "--accounts", "SIM1", "--symbols", ",".join(venue_symbols(_now_ns(), sim.dialect)),
+                "--accounts", "SIM1" if sim.dialect == "sim" else f"SIM1,{DIALECT_SIM_ACCOUNT}", "--symbols", ",".join(venue_symbols(_now_ns(), sim.dialect)),
                 "--dialect", sim.dialect, "--token-ttl-s", str(sim.token_ttl_s)]
         if sim.dialect != "sim":
             argv += ["--ws-port", str(sim.ws_url.rsplit(":", 1)[1])]

@@ -85,8 +85,19 @@ DEMO_CRYPTO_SESSION = DemoSession("btc-sma", "BTC-PERPETUAL", "sma_cross", {"fas
 
 
 def demo_sessions(config: Config) -> tuple[DemoSession, ...]:
-    """Deribit carries no futures: its demo session trades the BTC perpetual instead."""
-    return (DEMO_CRYPTO_SESSION,) if config.venue_sim.dialect == "deribit" else DEMO_SESSIONS
+    """Deribit carries no futures: its demo session trades the BTC perpetual instead. Schwab allows
+    one streamer connection per login, so one demo session streams from it (a second market-data
+    process on the same login would knock the first off, and so on)."""
+    if config.venue_sim.dialect == "deribit":
+        return (DEMO_CRYPTO_SESSION,)
+    if config.venue_sim.dialect == "schwab":
+        return DEMO_SESSIONS[:1]
+    return DEMO_SESSIONS
+
+
+DIALECT_SIM_ACCOUNT = "SIM2"
+"""The simulator account behind the dialect's demo account: apart from ``SIM1`` (the simulator's own
+API), so what went through which adapter is plain at the venue."""
 
 
 def dialect_account_name(dialect: str) -> str:
@@ -104,7 +115,7 @@ def seed_dialect_account(store: Any, config: Config) -> tuple[str, str]:
     dialect = config.venue_sim.dialect
     module = importlib.import_module(f"brokers.sim.dialects.{dialect}")
     name = dialect_account_name(dialect)
-    broker_config, secrets = module.demo_account(config.venue_sim.base_url, config.venue_sim.ws_url, "SIM1")
+    broker_config, secrets = module.demo_account(config.venue_sim.base_url, config.venue_sim.ws_url, DIALECT_SIM_ACCOUNT)
     secrets_file = config.paths.state / "secrets.toml"
     write_secrets(secrets_file, name, secrets)
     store.upsert_broker_account(name, dialect, {**broker_config, "secrets_file": str(secrets_file)})

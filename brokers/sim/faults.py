@@ -71,7 +71,8 @@ class Fault(enum.StrEnum):
 
 
 ANY_CALL = "*"
-REQUEST_CALLS = ("submit", "cancel", "modify", "lookup", "orders", "positions", "fills", "bars", "stream")
+REQUEST_CALLS = ("submit", "cancel", "modify", "lookup", "orders", "positions", "fills", "bars", "stream", "auth")
+"""``auth``: the token endpoints of the venue dialects (``brokers.sim.dialects``)."""
 FILL_FAULT_CALLS = ("fills", ANY_CALL)
 
 DEFAULT_DELAY_S: Mapping[Fault, float] = MappingProxyType({

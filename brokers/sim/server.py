@@ -406,6 +406,9 @@ class SimApp:
         self.dialect: Dialect | None = load_dialect(config.dialect)
         self.dialect_routes = tuple((re.compile(f"^{r.pattern}$"), r) for r in self.dialect.routes) if self.dialect else ()
         self.tokens = SimTokens(config.token_ttl_s)
+        self.ws_url: str | None = None
+        """The dialect's WebSocket URL once it listens (a venue names it in answers, e.g. Schwab's
+        ``userPreference``)."""
         start_ns = now_ns // self.interval_ns * self.interval_ns - config.history * self.interval_ns
         self.feeds: dict[str, Iterator[Bar]] = {s: iter(self._feed(s, start_ns)) for s in config.symbols}
         self._exhausted: set[str] = set()
@@ -1298,7 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready_info: dict[str, Any] = {"url": url, "pid": os.getpid(), "dialect": config.dialect}
     if ws_server is not None:
         ws_host, ws_port = ws_server.socket.getsockname()[:2]
-        ready_info["ws_url"] = f"ws://{ws_host}:{ws_port}"
+        ready_info["ws_url"] = app.ws_url = f"ws://{ws_host}:{ws_port}"
     ready = _write_ready_file(config.state_dir, ready_info)
     log("started", url=url, symbols=list(config.symbols), interval=config.interval, pace_s=config.pace_s,
         seed=config.seed, accounts=list(config.accounts), history=config.history,
