@@ -169,6 +169,16 @@ class Execution(Protocol):
 
 
 @runtime_checkable
+class BracketExecution(Protocol):
+    """An optional extra of an ``Execution`` (capability ``brackets``): an entry order with a
+    take-profit limit and/or a stop-loss stop on the opposite side, placed as one venue-side group
+    (Tradovate OSO, TradeStation BRK). Returns the entry order."""
+
+    def submit_bracket(self, entry: OrderRequest, take_profit: Decimal | None,
+                       stop_loss: Decimal | None) -> BrokerOrder: ...
+
+
+@runtime_checkable
 class AccountEquity(Protocol):
     """An optional extra of an ``Execution``: the account's equity in its currency. Brokers whose
     execution role lacks it answer ``NotSupported`` through the facade; callers fall back."""
@@ -270,6 +280,15 @@ class BrokerFacade:
         execution = self._require_execution("submit_order")
         sent = dataclasses.replace(req, symbol=self.symbols.to_broker(req.symbol))
         return self._with_canonical(execution.submit_order(sent))
+
+    def submit_bracket(self, entry: OrderRequest, take_profit: Decimal | None = None,
+                       stop_loss: Decimal | None = None) -> BrokerOrder:
+        """See ``BracketExecution``; ``NotSupported`` where the broker has no bracket groups."""
+        execution = self._require_execution("submit_bracket")
+        if not self.registry.capabilities.brackets or not isinstance(execution, BracketExecution):
+            raise NotSupported(self.name, "bracket orders", "place the protective orders separately")
+        sent = dataclasses.replace(entry, symbol=self.symbols.to_broker(entry.symbol))
+        return self._with_canonical(execution.submit_bracket(sent, take_profit, stop_loss))
 
     def cancel_order(self, client_order_id: str) -> BrokerOrder:
         return self._with_canonical(self._require_execution("cancel_order").cancel_order(client_order_id))

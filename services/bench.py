@@ -904,3 +904,4 @@ if __name__ == "__main__":
 
 from services import bench_ttt as _bench_ttt  # noqa: E402,F401  (registers `bench tick-to-trade`)
 from services import bench_engine as _bench_engine  # noqa: E402,F401  (registers engine benches)
+from services.backtest import bench_replay as _bench_replay  # noqa: E402,F401  (registers `bench replay`)

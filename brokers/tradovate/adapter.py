@@ -18,20 +18,17 @@ are optional (``OPTIONAL_CREDENTIALS``).
 
 Capabilities: execution, market data, lookup by client id (by listing orders: ``execution``),
 modify (``/order/modifyorder``) and brackets (``/order/placeOSO`` through
-``TradovateFacade.submit_bracket``).
+``BrokerFacade.submit_bracket``).
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from brokers.auth import LocalTokenSource, TokenSource
-from brokers.base import BrokerFacade, BrokerOrder, Capabilities, MarketData, OrderRequest, StaticRegistry
-from brokers.errors import NotSupported
+from brokers.base import BrokerFacade, Capabilities, MarketData, StaticRegistry
 from brokers.http import make_client
 from brokers.secrets import load_secrets
 from brokers.symbols import symbol_adapter
@@ -46,20 +43,8 @@ CREDENTIALS: tuple[str, ...] = ("name", "password")
 OPTIONAL_CREDENTIALS: tuple[str, ...] = ("cid", "sec", "app_id", "device_id")
 DEFAULT_TIMEOUT_S = 10.0
 
-__all__ = ["BROKER", "CAPABILITIES", "CREDENTIALS", "OPTIONAL_CREDENTIALS", "TradovateFacade", "authenticator",
+__all__ = ["BROKER", "CAPABILITIES", "CREDENTIALS", "OPTIONAL_CREDENTIALS", "authenticator",
            "build"]
-
-
-class TradovateFacade(BrokerFacade):
-    """The facade plus Tradovate's OSO brackets (``BrokerFacade`` has no bracket method yet)."""
-
-    def submit_bracket(self, entry: OrderRequest, take_profit: Decimal | None = None,
-                       stop_loss: Decimal | None = None) -> BrokerOrder:
-        execution = self._require_execution("submit_bracket")
-        if not self.registry.capabilities.brackets or not isinstance(execution, TradovateExecution):
-            raise NotSupported(self.name, "bracket orders")
-        sent = dataclasses.replace(entry, symbol=self.symbols.to_broker(entry.symbol))
-        return self._with_canonical(execution.submit_bracket(sent, take_profit, stop_loss))
 
 
 def _base_url(config: Mapping[str, Any]) -> str:
@@ -93,7 +78,7 @@ def authenticator(config: Mapping[str, Any], *, transport: httpx.BaseTransport |
 
 
 def build(config: Mapping[str, Any], *, transport: httpx.BaseTransport | None = None,
-          tokens: TokenSource | None = None) -> TradovateFacade:
+          tokens: TokenSource | None = None) -> BrokerFacade:
     """A facade for one Tradovate account (see the module docstring for ``config``)."""
     base_url = _base_url(config)
     timeout_s = _timeout(config)
@@ -129,7 +114,7 @@ def build(config: Mapping[str, Any], *, transport: httpx.BaseTransport | None = 
         if owned_auth is not None:
             owned_auth.close()
 
-    return TradovateFacade(
+    return BrokerFacade(
         name=BROKER,
         account=config.get("account") if isinstance(config.get("account"), str) else None,
         registry=StaticRegistry(BROKER, capabilities),

@@ -17,6 +17,9 @@ from services.retry import Backoff
 
 RETRY = Backoff(base_s=1.0, cap_s=60.0)
 EOD_REPORT = "eod_report"
+BACKTEST = "backtest"
+"""One in-process backtest of a CSV (``services.backtest.core_run``): one job per combination of a
+parameter sweep (``services.backtest.sweep``)."""
 
 
 class PermanentJobError(Exception):
@@ -84,3 +87,37 @@ def eod_report(*, session: str, symbol: str, day: date, point_value: Decimal, fe
         "closing_position": str(position),
         "closing_average": None if average is None else str(average),
     }
+
+
+@dataclass(frozen=True)
+class BacktestRequest:
+    """The payload of a ``backtest`` job: what to run, and where to write its report (optional)."""
+
+    csv: str
+    symbol: str
+    strategy: str
+    params: dict[str, Any]
+    interval: str = "1d"
+    slippage_ticks: int = 0
+    commission_per_contract: Decimal = Decimal(0)
+    out_dir: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"csv": self.csv, "symbol": self.symbol, "strategy": self.strategy, "params": dict(self.params),
+                "interval": self.interval, "slippage_ticks": self.slippage_ticks,
+                "commission_per_contract": str(self.commission_per_contract), "out_dir": self.out_dir}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "BacktestRequest":
+        try:
+            params = payload["params"]
+            if not isinstance(params, Mapping):
+                raise TypeError(f"params must be an object, got {type(params).__name__}")
+            out_dir = payload.get("out_dir")
+            return cls(csv=str(payload["csv"]), symbol=str(payload["symbol"]), strategy=str(payload["strategy"]),
+                       params=dict(params), interval=str(payload.get("interval", "1d")),
+                       slippage_ticks=int(payload.get("slippage_ticks", 0)),
+                       commission_per_contract=Decimal(str(payload.get("commission_per_contract", "0"))),
+                       out_dir=None if out_dir is None else str(out_dir))
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise PermanentJobError(f"bad backtest payload: {type(exc).__name__}: {exc}") from exc

@@ -11,14 +11,29 @@ import json
 import logging
 import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+from brokers.errors import UnknownSymbol
 from brokers.instruments import canonical_root, instrument
+from brokers.sim.feed import CsvFeedError
 from bus.envelope import now_ns
 from bus.logs import log
 from schema.errors import FencedOut, SessionNotFound, StoreUnavailable
-from services.jobs.core import EOD_REPORT, RETRY, FillRow, PermanentJobError, day_bounds_ns, eod_report, parse_day
+from services.jobs.core import (
+    BACKTEST,
+    EOD_REPORT,
+    RETRY,
+    BacktestRequest,
+    FillRow,
+    PermanentJobError,
+    day_bounds_ns,
+    eod_report,
+    parse_day,
+)
+from services.backtest.core_run import run_backtest
 from services.runtime import ProcessShell
+from services.strategy.core import ParamError
 
 CLAIM_S = 60.0
 IDLE_POLL_S = 0.5
@@ -77,6 +92,8 @@ class JobsWorker:
     def handle(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         if kind == EOD_REPORT:
             return self.eod_report(payload)
+        if kind == BACKTEST:
+            return backtest(BacktestRequest.from_payload(payload))
         raise PermanentJobError(f"no handler for job kind {kind!r}")
 
     def eod_report(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +118,20 @@ class JobsWorker:
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, path)
         return {**report, "file": str(path)}
+
+
+def backtest(request: BacktestRequest) -> dict[str, Any]:
+    """Run one backtest in this process; the report (when asked for) is written whole, so a rerun
+    after a lost claim just rewrites it."""
+    try:
+        result = run_backtest(request.csv, request.symbol, request.strategy, request.params,
+                              None if request.out_dir is None else Path(request.out_dir), interval=request.interval,
+                              slippage_ticks=request.slippage_ticks,
+                              commission_per_contract=request.commission_per_contract)
+    except (ParamError, CsvFeedError, UnknownSymbol, FileNotFoundError) as exc:
+        raise PermanentJobError(f"{type(exc).__name__}: {exc}") from exc
+    return {"params": request.params, "summary": result.summary, "out_dir": request.out_dir,
+            "bars_per_s": round(result.bars_per_s, 1)}
 
 
 def _average(fills: list[Any]) -> Decimal | None:

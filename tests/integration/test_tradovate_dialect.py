@@ -21,7 +21,7 @@ import pytest
 from httpx_ws import connect_ws
 
 from brokers.auth import LocalTokenSource, StaticTokenSource
-from brokers.base import Bar, BrokerOrder, OrderRequest
+from brokers.base import BrokerFacade, Bar, BrokerOrder, OrderRequest
 from brokers.errors import (
     AuthFailed,
     AuthNeedsOperator,
@@ -35,7 +35,6 @@ from brokers.errors import (
 from brokers.instruments import front_contract, instrument
 from brokers.registry import build_facade
 from brokers.tradovate import adapter
-from brokers.tradovate.adapter import TradovateFacade
 from schema.enums import OrderStatus, OrderType, Side
 
 pytestmark = pytest.mark.integration
@@ -109,9 +108,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
 
 
 @pytest.fixture
-def broker(sim: Sim) -> Iterator[TradovateFacade]:
+def broker(sim: Sim) -> Iterator[BrokerFacade]:
     facade = build_facade(sim.config())
-    assert isinstance(facade, TradovateFacade)
+    assert isinstance(facade, BrokerFacade)
     try:
         yield facade
     finally:
@@ -129,7 +128,7 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = DEADLINE_S) -
         time.sleep(POLL_S)
 
 
-def last_close(broker: TradovateFacade, symbol: str = ES) -> Decimal:
+def last_close(broker: BrokerFacade, symbol: str = ES) -> Decimal:
     return broker.historical_bars(symbol, "1m", limit=1)[-1].close
 
 
@@ -141,7 +140,7 @@ def submissions(sim: Sim, cid: str) -> int:
     return sim.stats()["submissions"].get(cid, 0)
 
 
-def status_of(broker: TradovateFacade, cid: str) -> OrderStatus | None:
+def status_of(broker: BrokerFacade, cid: str) -> OrderStatus | None:
     order = broker.order_by_client_id(cid)
     return None if order is None else order.status
 
@@ -159,7 +158,7 @@ def take_bars(stream: Iterator[Bar | None], count: int, timeout: float = DEADLIN
     pytest.fail("the stream ended")
 
 
-def _fills_when(broker: TradovateFacade, cursor: str | None, count: int) -> Any:
+def _fills_when(broker: BrokerFacade, cursor: str | None, count: int) -> Any:
     fills, next_cursor = broker.fills_since(cursor)
     return (fills, next_cursor) if len(fills) >= count else None
 
@@ -171,7 +170,7 @@ def consecutive(bars: list[Bar]) -> bool:
 # ---------------------------------------------------------------- orders
 
 
-def test_market_limit_stop_modify_cancel_and_lookup(sim: Sim, broker: TradovateFacade) -> None:
+def test_market_limit_stop_modify_cancel_and_lookup(sim: Sim, broker: BrokerFacade) -> None:
     price = last_close(broker)
     # Given a market buy, when it is submitted, then the venue takes it and fills it on the next bar.
     market = broker.submit_order(OrderRequest("it.1.market", ES, Side.BUY, OrderType.MARKET, Decimal(1)))
@@ -236,7 +235,7 @@ def test_fills_with_cursor_paging_and_positions(sim: Sim) -> None:
 # ---------------------------------------------------------------- bars
 
 
-def test_historical_bars(sim: Sim, broker: TradovateFacade) -> None:
+def test_historical_bars(sim: Sim, broker: BrokerFacade) -> None:
     bars = broker.historical_bars(ES, "1m", limit=10)
     assert 1 <= len(bars) <= 10 and consecutive(bars)
     assert all(b.index == b.ts_ns // 60_000_000_000 and b.symbol == ES and b.low <= b.close <= b.high for b in bars)
@@ -253,7 +252,7 @@ def test_historical_bars(sim: Sim, broker: TradovateFacade) -> None:
         broker.historical_bars(ES, "5m", limit=5)  # the simulator makes 1m bars only
 
 
-def test_streaming_bars_in_order_and_resuming(broker: TradovateFacade) -> None:
+def test_streaming_bars_in_order_and_resuming(broker: BrokerFacade) -> None:
     stream = broker.stream_bars(ES, "1m")
     try:
         bars = take_bars(stream, 6)
@@ -269,7 +268,7 @@ def test_streaming_bars_in_order_and_resuming(broker: TradovateFacade) -> None:
     assert [(b.ts_ns, b.close) for b in again[:3]] == [(b.ts_ns, b.close) for b in bars[3:6]]
 
 
-def test_token_expiry_mid_stream_reauthorises_the_live_socket(sim: Sim, broker: TradovateFacade) -> None:
+def test_token_expiry_mid_stream_reauthorises_the_live_socket(sim: Sim, broker: BrokerFacade) -> None:
     before = sim.dialect_stats()
     stream = broker.stream_bars(ES, "1m")
     try:
@@ -289,7 +288,7 @@ def test_token_expiry_mid_stream_reauthorises_the_live_socket(sim: Sim, broker: 
 # ---------------------------------------------------------------- tokens
 
 
-def test_token_expiry_mid_orders_sends_each_order_once(sim: Sim, broker: TradovateFacade) -> None:
+def test_token_expiry_mid_orders_sends_each_order_once(sim: Sim, broker: BrokerFacade) -> None:
     price = last_close(broker)
     broker.submit_order(OrderRequest("it.3.a", ES, Side.BUY, OrderType.LIMIT, Decimal(1),
                                      limit_price=on_tick(price - 300)))
@@ -350,7 +349,7 @@ def test_penalty_tickets_are_waited_out_and_a_captcha_needs_the_operator(sim: Si
         auth.close()
 
 
-def test_wrong_credentials_and_rate_limits(sim: Sim, broker: TradovateFacade) -> None:
+def test_wrong_credentials_and_rate_limits(sim: Sim, broker: BrokerFacade) -> None:
     with build_facade({**sim.config(), "account": "TV-BAD"}) as bad:
         with pytest.raises(AuthFailed) as caught:
             bad.open_orders()
@@ -376,7 +375,7 @@ def test_wrong_credentials_and_rate_limits(sim: Sim, broker: TradovateFacade) ->
 # ---------------------------------------------------------------- lost answers
 
 
-def test_lost_answers_are_resolved_by_lookup_never_by_resending(sim: Sim, broker: TradovateFacade) -> None:
+def test_lost_answers_are_resolved_by_lookup_never_by_resending(sim: Sim, broker: BrokerFacade) -> None:
     price = on_tick(last_close(broker) - 400)
     try:
         # The venue acts, then the connection drops before the answer.
@@ -408,7 +407,7 @@ def test_lost_answers_are_resolved_by_lookup_never_by_resending(sim: Sim, broker
 
 def test_oso_bracket_places_its_legs_on_fill_and_one_cancels_the_other(sim: Sim) -> None:
     with build_facade(sim.config("SIM3")) as broker:
-        assert isinstance(broker, TradovateFacade)
+        assert isinstance(broker, BrokerFacade)
         price = last_close(broker)
         entry = broker.submit_bracket(OrderRequest("it.5.entry", ES, Side.BUY, OrderType.MARKET, Decimal(1)),
                                       take_profit=on_tick(price + 300), stop_loss=on_tick(price - 300))
@@ -449,7 +448,7 @@ def test_the_demo_account_reaches_the_simulator(sim: Sim, tmp_path: Path) -> Non
 # ---------------------------------------------------------------- the trading socket's framing
 
 
-def test_trading_socket_framing(sim: Sim, broker: TradovateFacade) -> None:
+def test_trading_socket_framing(sim: Sim, broker: BrokerFacade) -> None:
     auth = adapter.authenticator(sim.config())
     try:
         token = auth.obtain().access_token

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from brokers.auth import LocalTokenSource, Token
-from brokers.base import Bar, OrderRequest
+from brokers.base import Bar, BrokerFacade, OrderRequest
 from brokers.errors import (
     AuthFailed,
     AuthNeedsOperator,
@@ -31,7 +31,6 @@ from brokers.errors import (
 )
 from brokers.registry import broker_info, build_facade
 from brokers.tradovate import adapter, parse
-from brokers.tradovate.adapter import TradovateFacade
 from brokers.tradovate.auth import RENEW_MARGIN_S, Credentials, TradovateAuthenticator
 from brokers.tradovate.parse import BarCloser
 from schema.enums import OrderStatus, OrderType, Side, TimeInForce
@@ -161,9 +160,9 @@ def venue() -> FakeVenue:
 
 
 @pytest.fixture
-def broker(venue: FakeVenue) -> Iterator[TradovateFacade]:
+def broker(venue: FakeVenue) -> Iterator[BrokerFacade]:
     facade = build_facade(CONFIG, transport=httpx.MockTransport(venue))
-    assert isinstance(facade, TradovateFacade)
+    assert isinstance(facade, BrokerFacade)
     yield facade
     facade.close()
 
@@ -449,7 +448,7 @@ def test_module_contract_and_capabilities(venue: FakeVenue) -> None:
     assert (caps.execution, caps.market_data, caps.lookup_by_client_id, caps.brackets) == (False, True, False, False)
     with pytest.raises(NotSupported):
         data_only.submit_order(_limit())
-    assert isinstance(data_only, TradovateFacade)
+    assert isinstance(data_only, BrokerFacade)
     with pytest.raises(NotSupported):
         data_only.submit_bracket(_limit(), Decimal(5000), None)
     without_md = build_facade(CONFIG, transport=httpx.MockTransport(venue))
@@ -463,7 +462,7 @@ def test_module_contract_and_capabilities(venue: FakeVenue) -> None:
         build_facade({**CONFIG, "base_url": ""})
 
 
-def test_symbol_translation_with_contract_months(broker: TradovateFacade) -> None:
+def test_symbol_translation_with_contract_months(broker: BrokerFacade) -> None:
     assert broker.to_broker_symbol("ES") == "ES"
     assert broker.to_broker_symbol("ESZ6") == "ESZ6" and broker.to_broker_symbol("6EH7") == "6EH7"
     assert broker.to_canonical("ESZ26") == "ESZ6"  # the unconfirmed two-digit form is read too
@@ -478,7 +477,7 @@ def test_symbol_translation_with_contract_months(broker: TradovateFacade) -> Non
 # ---------------------------------------------------------------- orders over REST
 
 
-def test_submit_sends_tradovates_order_shape(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_submit_sends_tradovates_order_shape(venue: FakeVenue, broker: BrokerFacade) -> None:
     stop = OrderRequest("s.1.2", "6EH27", Side.SELL, OrderType.STOP, Decimal(2), stop_price=Decimal("1.08005"),
                         time_in_force=TimeInForce.GTC)
     order = broker.submit_order(stop)
@@ -512,7 +511,7 @@ def test_the_account_id_is_looked_up_by_name_when_not_configured(venue: FakeVenu
     (_json({"weird": True}), OutcomeUnknown, "orderId"),
     (httpx.Response(403), AuthFailed, "403"),
 ])
-def test_submit_error_shapes(venue: FakeVenue, broker: TradovateFacade, answer: httpx.Response,
+def test_submit_error_shapes(venue: FakeVenue, broker: BrokerFacade, answer: httpx.Response,
                              error: type[BrokerError], words: str) -> None:
     venue.script("/order/placeorder", answer)
     with pytest.raises(error) as caught:
@@ -525,7 +524,7 @@ def test_submit_error_shapes(venue: FakeVenue, broker: TradovateFacade, answer: 
     (httpx.ConnectError, BrokerUnavailable), (httpx.ConnectTimeout, BrokerUnavailable),
     (httpx.ReadTimeout, OutcomeUnknown), (httpx.RemoteProtocolError, OutcomeUnknown),
 ])
-def test_submit_transport_failures(venue: FakeVenue, broker: TradovateFacade, exc: type[Exception],
+def test_submit_transport_failures(venue: FakeVenue, broker: BrokerFacade, exc: type[Exception],
                                    error: type[BrokerError]) -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc("boom", request=request)
@@ -540,7 +539,7 @@ def test_submit_transport_failures(venue: FakeVenue, broker: TradovateFacade, ex
     (httpx.Response(200, content=b"{"), UnexpectedResponse), (_json({"orders": []}), UnexpectedResponse),
     (_json({"errorText": "Internal error"}), Rejected),
 ])
-def test_read_error_shapes(venue: FakeVenue, broker: TradovateFacade, answer: httpx.Response,
+def test_read_error_shapes(venue: FakeVenue, broker: BrokerFacade, answer: httpx.Response,
                            error: type[BrokerError]) -> None:
     venue.script("/order/list", answer)
     with pytest.raises(error):
@@ -550,7 +549,7 @@ def test_read_error_shapes(venue: FakeVenue, broker: TradovateFacade, answer: ht
         broker.order_by_client_id("s.1.1")
 
 
-def test_a_refused_token_is_renewed_and_the_request_sent_once_more(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_a_refused_token_is_renewed_and_the_request_sent_once_more(venue: FakeVenue, broker: BrokerFacade) -> None:
     broker.positions()  # the first token
     venue.live.clear()  # the venue revokes every token (expire-tokens)
     order = broker.submit_order(_limit())
@@ -561,13 +560,13 @@ def test_a_refused_token_is_renewed_and_the_request_sent_once_more(venue: FakeVe
     assert len(venue.calls("/auth/renewaccesstoken")) == 1 and len(venue.calls("/auth/accesstokenrequest")) == 2
 
 
-def test_an_auth_error_text_counts_as_a_refused_token(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_an_auth_error_text_counts_as_a_refused_token(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.script("/position/list", _json({"errorText": "Access is denied"}))
     assert broker.positions() == []
     assert len(venue.calls("/position/list")) == 2 and len(venue.calls("/auth/renewaccesstoken")) == 1
 
 
-def test_a_second_refusal_is_auth_failed(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_a_second_refusal_is_auth_failed(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.script("/order/placeorder", httpx.Response(401), httpx.Response(401))
     with pytest.raises(AuthFailed) as caught:
         broker.submit_order(_limit())
@@ -575,7 +574,7 @@ def test_a_second_refusal_is_auth_failed(venue: FakeVenue, broker: TradovateFaca
     assert len(venue.calls("/order/placeorder")) == 2
 
 
-def test_an_unknown_outcome_is_looked_up_before_any_resend(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_an_unknown_outcome_is_looked_up_before_any_resend(venue: FakeVenue, broker: BrokerFacade) -> None:
     def acted_then_lost(request: httpx.Request) -> httpx.Response:
         venue.order(555, "s.1.1")
         raise httpx.ReadTimeout("lost", request=request)
@@ -589,7 +588,7 @@ def test_an_unknown_outcome_is_looked_up_before_any_resend(venue: FakeVenue, bro
     assert len(venue.calls("/order/placeorder")) == 1
 
 
-def test_an_unknown_outcome_the_venue_never_saw_is_sent_again(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_an_unknown_outcome_the_venue_never_saw_is_sent_again(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.script("/order/placeorder", httpx.Response(500))
     with pytest.raises(OutcomeUnknown):
         broker.submit_order(_limit())
@@ -597,7 +596,7 @@ def test_an_unknown_outcome_the_venue_never_saw_is_sent_again(venue: FakeVenue, 
     assert len(venue.calls("/order/placeorder")) == 2 and len(venue.calls("/order/list")) == 1
 
 
-def test_lookup_by_client_id(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_lookup_by_client_id(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.order(41, "s.1.1", ordStatus="Filled", filledQty=1, avgPx=Decimal("4990"))
     venue.order(42, "other-account", accountId=6)
     found = broker.order_by_client_id("s.1.1")
@@ -611,7 +610,7 @@ def test_lookup_by_client_id(venue: FakeVenue, broker: TradovateFacade) -> None:
         broker.order_by_client_id("s.1.3")
 
 
-def test_cancel_and_modify_by_order_id(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_cancel_and_modify_by_order_id(venue: FakeVenue, broker: BrokerFacade) -> None:
     broker.submit_order(_limit())
     modified = broker.modify_order("s.1.1", limit_price=Decimal("4989.5"))
     assert _body(venue.calls("/order/modifyorder")[0]) == {"orderId": 100, "orderQty": 1, "orderType": "Limit",
@@ -635,14 +634,14 @@ def test_cancel_and_modify_by_order_id(venue: FakeVenue, broker: TradovateFacade
         broker.cancel_order("s.1.6")
 
 
-def test_open_orders_are_the_accounts_working_ones(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_open_orders_are_the_accounts_working_ones(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.order(1, "a")
     venue.order(2, "b", ordStatus="Filled", filledQty=1)
     venue.order(3, "c", accountId=6)
     assert [o.client_order_id for o in broker.open_orders()] == ["a"]
 
 
-def test_fills_cursor_pages_without_duplicates(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_fills_cursor_pages_without_duplicates(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.order(1, "s.1.1", ordStatus="Filled")
     venue.order(2, "x", accountId=6, ordStatus="Filled")
     fill = {"orderId": 1, "contractId": 77, "action": "Buy", "qty": 1, "price": Decimal("5000.25"),
@@ -660,7 +659,7 @@ def test_fills_cursor_pages_without_duplicates(venue: FakeVenue, broker: Tradova
 
 
 def test_a_fill_of_an_order_missing_from_the_list_is_asked_for_by_id(venue: FakeVenue,
-                                                                   broker: TradovateFacade) -> None:
+                                                                   broker: BrokerFacade) -> None:
     archived = venue.order(5, "s.1.5", ordStatus="Filled")
     venue.script("/order/list", _json([]))
     venue.fills = [{"id": 20, "orderId": 5, "contractId": 77, "action": "Sell", "qty": 1, "price": 5000,
@@ -669,7 +668,7 @@ def test_a_fill_of_an_order_missing_from_the_list_is_asked_for_by_id(venue: Fake
     assert [f.client_order_id for f in fills] == [archived["clOrdId"]]
 
 
-def test_positions_and_equity(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_positions_and_equity(venue: FakeVenue, broker: BrokerFacade) -> None:
     venue.positions = [{"id": 1, "accountId": 7, "contractId": 77, "netPos": -2, "netPrice": Decimal("5001.5")},
                        {"id": 2, "accountId": 7, "contractId": 77, "netPos": 0},
                        {"id": 3, "accountId": 6, "contractId": 77, "netPos": 4, "netPrice": 1}]
@@ -679,7 +678,7 @@ def test_positions_and_equity(venue: FakeVenue, broker: TradovateFacade) -> None
     assert len(venue.calls("/contract/item")) == 1  # contract names are cached
 
 
-def test_bracket_is_one_oso_with_opposite_legs(venue: FakeVenue, broker: TradovateFacade) -> None:
+def test_bracket_is_one_oso_with_opposite_legs(venue: FakeVenue, broker: BrokerFacade) -> None:
     entry = OrderRequest("s.1.7", "ESZ6", Side.BUY, OrderType.MARKET, Decimal(1))
     order = broker.submit_bracket(entry, take_profit=Decimal("5010"), stop_loss=Decimal("4990.5"))
     [request] = venue.calls("/order/placeOSO")
