@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import zmq
 
-from brokers.errors import BrokerError, NotSupported, OutcomeUnknown, Rejected, Retryable
+from brokers.errors import AuthFailed, BrokerError, NotSupported, OutcomeUnknown, Rejected, Retryable, UnknownSymbol
 from bus import topics
 from bus.client import Publisher, RpcWorker
 from bus.errors import CODE_UNAVAILABLE
@@ -331,12 +331,22 @@ class AccountService:
                 error=str(exc))
             order = self._apply(order, OrderEvent(OrderEventKind.OUTCOME_UNKNOWN, now_ns(), {"reason": str(exc)}))
             return self._settle(order)
-        except Retryable as exc:
-            # The request never reached the broker: the order stays pending_submit and is sent
-            # (after a lookup) when the caller retries or at the next resolve round.
-            log(self.log, "send_deferred", level=logging.WARNING, client_order_id=order.client_order_id,
-                error=str(exc))
+        except (Retryable, AuthFailed) as exc:
+            # The request never reached the broker, or the broker refused our token and did not act
+            # (the tokens service is renewing it): the order stays pending_submit and is sent (after
+            # a lookup) when the caller retries or at the next resolve round.
+            log(self.log, "send_deferred", level=logging.ERROR if isinstance(exc, AuthFailed) else logging.WARNING,
+                client_order_id=order.client_order_id, error=f"{type(exc).__name__}: {exc}")
             return order
+        except (NotSupported, UnknownSymbol) as exc:
+            return self._apply(order, OrderEvent(OrderEventKind.REJECTED, now_ns(), {"reason": str(exc)}))
+        except BrokerError as exc:
+            # Anything else (an answer nobody could read …) may have followed the broker acting on
+            # it: the same as an unknown outcome — ask, never resend blindly.
+            log(self.log, "outcome_unknown", level=logging.WARNING, client_order_id=order.client_order_id,
+                error=f"{type(exc).__name__}: {exc}")
+            order = self._apply(order, OrderEvent(OrderEventKind.OUTCOME_UNKNOWN, now_ns(), {"reason": str(exc)}))
+            return self._settle(order)
         crash_point("account.after_broker_accept")
         # "It reached the broker" and what the broker said are known together: one commit for both.
         sent = OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {})

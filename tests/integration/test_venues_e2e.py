@@ -97,3 +97,57 @@ def test_demo_session_trades_through_the_venue_and_survives_token_expiry(tmp_pat
     assert len(set(stamps)) == len(stamps), Counter(stamps).most_common(3)
     gaps = [(a, b) for a, b in zip(stamps, stamps[1:]) if b - a != step]
     assert not gaps, f"bars missing between {gaps[:3]}"
+
+
+def test_switching_a_session_to_another_broker_is_configuration_only(tmp_path: Path) -> None:
+    """es-sma trades through Tradovate (simulator account SIM2); refused while it holds risk there;
+    once flat it moves to the simulator's own API (SIM1) by one command — the strategy, its
+    parameters and its state untouched — and trades on."""
+    import json
+
+    tree = EngineTree(tmp_path / "tree", pace=0.15, reconcilers=1, venue_lines='dialect = "tradovate"')
+    store = None
+    try:
+        tree.start(expect={"tokens"})
+        store = tree.store()
+        brokers = {row["broker"]: row for row in json.loads(tree.tradebus("brokers", "--json").stdout)}
+        assert set(brokers) == {"sim", "tradovate", "tradestation", "schwab", "deribit"}
+        assert brokers["schwab"]["execution"] is False and brokers["schwab"]["market_data"] is True
+        assert "DEMO-TRADOVATE (credentials set)" in brokers["tradovate"]["accounts"]
+
+        name = "es-sma"
+        before = store.get_session(name)
+        assert before.account == "DEMO-TRADOVATE"
+        wait_until(lambda: store.get_session(name).state == "trading", timeout=60, what=f"{name} trading")
+        wait_until(lambda: any(p.quantity for p in store.positions(name)), timeout=90,
+                   what=f"{name} holding a position at Tradovate")
+        refused = tree.tradebus("sessions", "switch", name, "--account", "SIM1", check=False)
+        assert refused.returncode != 0 and "flatten it before switching broker" in refused.stderr
+
+        tree.tradebus("sessions", "flatten", name)
+        wait_until(lambda: not store.open_orders(name) and not any(p.quantity for p in store.positions(name)),
+                   timeout=60, what=f"{name} flat with no working orders")
+        done = tree.tradebus("sessions", "switch", name, "--account", "SIM1")
+        assert "orders on SIM1, data from SIM1" in done.stdout
+        after = store.get_session(name)
+        assert (after.account, after.data_source) == ("SIM1", "SIM1")
+        assert (after.strategy, after.params, after.contract) == (before.strategy, before.params, before.contract)
+        wait_until(lambda: store.get_session(name).state in ("trading", "halted"), timeout=60,
+                   what=f"{name} back after its group restarted")
+        if store.get_session(name).state == "halted":
+            tree.tradebus("sessions", "resume", name)
+
+        def traded_on_sim1() -> bool:
+            orders = tree.venue_json("/v1/admin/orders")["orders"]
+            return any(o["account"] == "SIM1" and o["client_order_id"].startswith(f"{name}.") and
+                       o["status"] == "filled" for o in orders)
+
+        wait_until(traded_on_sim1, timeout=90, what=f"{name} filled orders on SIM1 after the switch")
+        assert tree.tradebus("orders", "verify", check=False).returncode == 0
+    except Exception:
+        print(tree.diagnostics(40))
+        raise
+    finally:
+        if store is not None:
+            store.close()
+        tree.stop()
