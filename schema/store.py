@@ -133,6 +133,7 @@ ROLL_PHASE_ORDER = (
 )
 # Keys a broker account's stored config may not have: secrets come from the environment.
 _SECRET_KEY = re.compile(r"(^|_)(password|passphrase|secret|private_key|api_key|access_token|refresh_token)$")
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _PG_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 _OPEN_STATUSES = tuple(status.value for status in OrderStatus if status not in TERMINAL_ORDER_STATUSES)
 
@@ -166,6 +167,7 @@ class Store:
         self._owns_engine = owns_engine
         self._read = sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self._write = sessionmaker(write_engine(engine), expire_on_commit=False, autoflush=False)
+        self._can_defer_flush = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str | URL, **engine_kwargs: Any) -> Store:
@@ -460,14 +462,16 @@ class Store:
         return self._retrying(f"apply_order_event {client_order_id}", attempt)
 
     def apply_order_events(
-        self, client_order_id: str, events: Sequence[OrderEvent], *, epoch: int | None = None
+        self, client_order_id: str, events: Sequence[OrderEvent], *, epoch: int | None = None,
+        durable: bool = True,
     ) -> list[OrderState]:
-        """Apply several events in order, in ONE transaction (one durable commit): the states after
-        each. For events learned together (a broker's answer that says "received and accepted").
-        Any one illegal writes none of them."""
+        """Apply several events in order, in ONE transaction (one commit): the states after each.
+        For events learned together (a broker's answer that says "received and accepted"). Any one
+        illegal writes none of them. ``durable=False``: see ``_tx`` — for a broker's answer, which
+        recovery asks the broker for again if a server crash loses it."""
 
         def attempt() -> list[OrderState]:
-            with self._tx() as s:
+            with self._tx(durable=durable) as s:
                 row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                 if row is None:
                     raise OrderNotFound(client_order_id)
@@ -719,15 +723,16 @@ class Store:
         *,
         expected_version: int | None = None,
         epoch: int | None = None,
+        durable: bool = True,
     ) -> StrategySnapshot:
         """Replace the session's strategy snapshot. ``Decimal`` values round-trip exactly.
 
         ``expected_version`` (the version loaded) makes it compare-and-set; ``epoch`` fences it
-        like an order write.
+        like an order write. ``durable=False``: see ``_tx``.
         """
 
         def attempt() -> StrategySnapshot:
-            with self._tx() as s:
+            with self._tx(durable=durable) as s:
                 session_row = _session_row(s, session)
                 if epoch is not None:
                     _check_epoch(session_row, epoch, "save_strategy_state")
@@ -1120,11 +1125,20 @@ class Store:
     # ================================================================================ internals
 
     @contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Session]:
-        """One transaction; driver errors leave as named errors."""
+    def _tx(self, *, write: bool = True, durable: bool = True) -> Iterator[Session]:
+        """One transaction; driver errors leave as named errors.
+
+        ``durable=False`` (PostgreSQL): the commit returns once the transaction is visible to every
+        reader, without waiting for its WAL flush (``synchronous_commit = off`` for this transaction
+        only; the server flushes it within a few hundred milliseconds). Only for writes that can be
+        lost in a *server* crash without harm: what the broker or the bars can tell again (an
+        acknowledgement, a strategy's indicators). Never for a write-ahead record. A later durable
+        commit flushes every earlier one with it: the WAL is one sequence."""
         maker = self._write if write else self._read
         try:
             with maker() as session, session.begin():
+                if not durable and self._can_defer_flush:
+                    session.execute(_ASYNC_COMMIT)
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"lost an optimistic-locking race: {exc}") from exc

@@ -348,12 +348,14 @@ class AccountService:
             order = self._apply(order, OrderEvent(OrderEventKind.OUTCOME_UNKNOWN, now_ns(), {"reason": str(exc)}))
             return self._settle(order)
         crash_point("account.after_broker_accept")
-        # "It reached the broker" and what the broker said are known together: one commit for both.
+        # "It reached the broker" and what the broker said are known together: one commit for both,
+        # not waited on for its disk flush (``durable=False``): the write-ahead row is durable
+        # already, and recovery asks the broker for this answer again if a server crash loses it.
         sent = OrderEvent(OrderEventKind.SUBMIT_SENT, now_ns(), {})
         events = [sent, *adoption_events(order_fsm.apply(order, sent), OrderStatus(answer.status),
                                          broker_order_id=answer.broker_order_id, reason=answer.reason,
                                          ts_ns=now_ns())]
-        return self._apply_all(order, events)
+        return self._apply_all(order, events, durable=False)
 
     def _settle(self, order: OrderState, *, attempts: int = 1) -> OrderState:
         """Resolve an unresolved order by asking the broker for its client order id.
@@ -421,9 +423,10 @@ class AccountService:
         return self._apply(order, OrderEvent(OrderEventKind.CANCEL_REJECTED, now_ns(),
                                              {"reason": f"still {found.status} at broker"}))
 
-    def _apply_all(self, order: OrderState, events: list[OrderEvent]) -> OrderState:
+    def _apply_all(self, order: OrderState, events: list[OrderEvent], *, durable: bool = True) -> OrderState:
         try:
-            states = self.store.apply_order_events(order.client_order_id, events, epoch=self.epoch)
+            states = self.store.apply_order_events(order.client_order_id, events, epoch=self.epoch,
+                                                   durable=durable)
         except IllegalTransition as exc:
             log(self.log, "illegal_transition", level=logging.ERROR, client_order_id=order.client_order_id,
                 status=str(order.status), event="+".join(str(e.kind) for e in events), error=str(exc))

@@ -419,8 +419,10 @@ class StrategyService:
     def _persist(self) -> None:
         self.unsaved_bars = 0
         state, outbox = self.strategy.to_json(self.state), list(self.outbox)
+        # Not waited on for its disk flush: a server crash can lose only instructions no broker has
+        # seen (the account's write-ahead commit, which is durable, flushes this one with it).
         self.shell.through_outage("saving strategy state", lambda: self.store.save_strategy_state(
-            self.session.name, state, outbox, now_ns=now_ns()))
+            self.session.name, state, outbox, now_ns=now_ns(), durable=False))
 
     def _drain_outbox(self, *, block: bool) -> None:
         """Execute the outbox in order; stop at the first instruction the account could not take."""

@@ -373,3 +373,37 @@ def test_tokens_are_stored_as_ciphertext_only(store: Store) -> None:
     assert "opaque" not in repr(record)
     with pytest.raises(TypeError):
         store.put_token("acct", "oauth2", "plaintext", expires_ns=None, now_ns=2)  # type: ignore[arg-type]
+
+
+def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> None:
+    """An acknowledgement and a strategy snapshot commit without waiting for the disk on PostgreSQL
+    (``synchronous_commit`` off for that transaction alone); the write-ahead order row waits."""
+    from sqlalchemy import event
+
+    session = add_session(store)
+    seen: list[str] = []
+
+    def capture(conn, cursor, statement, *args) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
+        seen.append(statement)
+
+    event.listen(store._engine, "before_cursor_execute", capture)
+    try:
+        order, _ = create(store)
+        write_ahead = list(seen)
+        seen.clear()
+        states = store.apply_order_events(order.client_order_id,
+                                          [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")],
+                                          durable=False)
+        ack = list(seen)
+        seen.clear()
+        store.save_strategy_state(session.name, {"n": 1}, [], 30, durable=False)
+        snapshot = list(seen)
+    finally:
+        event.remove(store._engine, "before_cursor_execute", capture)
+    assert states[-1].status == "accepted" and store.get_order(order.client_order_id).status == "accepted"
+    assert store.load_strategy_state(session.name).state == {"n": 1}
+    deferred = [any("synchronous_commit" in s for s in statements) for statements in (write_ahead, ack, snapshot)]
+    if store._engine.dialect.name == "postgresql":
+        assert deferred == [False, True, True]
+    else:
+        assert deferred == [False, False, False]  # SQLite has no per-transaction flush setting
