@@ -11,6 +11,7 @@ Schwab is data-only: its session takes bars from Schwab and sends orders to the 
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -144,6 +145,44 @@ def test_switching_a_session_to_another_broker_is_configuration_only(tmp_path: P
 
         wait_until(traded_on_sim1, timeout=90, what=f"{name} filled orders on SIM1 after the switch")
         assert tree.tradebus("orders", "verify", check=False).returncode == 0
+    except Exception:
+        print(tree.diagnostics(40))
+        raise
+    finally:
+        if store is not None:
+            store.close()
+        tree.stop()
+
+
+def test_a_killed_tokens_service_comes_back_with_the_rotated_refresh_token(tmp_path: Path) -> None:
+    """TradeStation rotates refresh tokens: the seeded one dies at the first refresh. A tokens
+    process killed with -9 must restart from the token it stored (encrypted), not from the
+    credentials — which would now be refused and need an operator."""
+    tree = EngineTree(tmp_path / "tree", pace=0.15, reconcilers=1, venue_lines='dialect = "tradestation"')
+    store = None
+    try:
+        tree.start(expect={"tokens"})
+        store = tree.store()
+        name = store.list_sessions()[0].name
+        wait_until(lambda: _filled(store, name) >= 1, timeout=90, what=f"{name} trading through TradeStation")
+        tree.venue("/v1/admin/expire-tokens", method="POST")  # forces a refresh: the seeded token rotates away
+        wait_until(lambda: "token_rejected_by_venue" in tree.log("tokens"), timeout=30, what="a refresh")
+        wait_until(lambda: tree.log("tokens").count('"how":"refresh"') >= 1, timeout=30, what="the refreshed token")
+        record = store.get_token("DEMO-TRADESTATION")
+        assert record is not None and b"sim-refresh" not in record.ciphertext
+
+        old = tree.kill("tokens")
+        assert old is not None
+        wait_until(lambda: tree.pids().get("tokens") not in (None, old), timeout=30, what="tokens restarted")
+        wait_until(lambda: re.search(r'"action":\s*"account_owned".*"restored":\s*true', tree.log("tokens")),
+                   timeout=30, what="the stored token restored")
+        tree.venue("/v1/admin/expire-tokens", method="POST")
+        before = _filled(store, name)
+        wait_until(lambda: _filled(store, name) >= before + 2, timeout=90,
+                   what=f"{name} trading on after the restart and another expiry")
+        log = tree.log("tokens")
+        assert "needs_operator" not in log and "AuthNeedsOperator" not in log, log[-3000:]
+        assert "sim-refresh" not in log and "sim-secret" not in log
     except Exception:
         print(tree.diagnostics(40))
         raise
