@@ -123,6 +123,8 @@ class TokensService:
         self.issued: queue.Queue[Owned] = queue.Queue()
         self.alerts: queue.Queue[tuple[str, str]] = queue.Queue()
         self.owners: dict[str, AccountOwner] = {}
+        self.broken: dict[str, str] = {}
+        """Accounts whose authenticator could not even be built (why), answered ``unavailable``."""
         self.pending: list[Pending] = []
         self.store_lock = threading.Lock()
 
@@ -150,8 +152,17 @@ class TokensService:
         for row in self.store.list_broker_accounts():
             if not needs_tokens(row.broker):
                 continue
-            config = account_config(self.store, row.name)
-            authenticator = build_authenticator(config)
+            try:
+                authenticator = build_authenticator(account_config(self.store, row.name))
+            except Exception as exc:  # noqa: BLE001 - one broken account must not stop the others
+                # Missing credentials, a bad option: nothing to retry until the operator fixes it.
+                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self.broken[row.name] = reason
+                log(self.log, "account_unusable", level=logging.CRITICAL, account=row.name, broker=row.broker,
+                    reason=reason)
+                self.alerts.put(("critical", f"{row.name}: broker account unusable ({reason}); fix it, then "
+                                             "`supervisorctl restart tokens`"))
+                continue
             if authenticator is None:
                 continue
             record = self.store.get_token(row.name)
@@ -203,6 +214,10 @@ class TokensService:
             worker.reply(request, m.ErrorReply(code="bad_request", message=f"tokens does not answer {body.TYPE}"))
             return
         owner = self.owners.get(body.account)
+        if owner is None and body.account in self.broken:
+            worker.reply(request, m.ErrorReply(code="unavailable", message=f"account {body.account} is unusable: "
+                                                                          f"{self.broken[body.account]}"))
+            return
         if owner is None:
             worker.reply(request, m.ErrorReply(code="unknown_account",
                                                message=f"no tokens are owned for account {body.account!r}"))
