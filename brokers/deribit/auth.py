@@ -93,10 +93,33 @@ class TokenCalls:
                          extras=extras)
 
 
-class DeribitAuthenticator:
-    """One account's tokens from its API key (``client_id``/``client_secret``)."""
+class _RefreshingAuthenticator:
+    """What both authenticators share: a refresh grant on ``public/auth``; a refused refresh token
+    falls back to ``obtain`` (the credentials, or the primary's token), an operator's refusal does not."""
 
     broker = BROKER
+    _calls: TokenCalls
+
+    def obtain(self) -> Token:
+        raise NotImplementedError
+
+    def refresh(self, token: Token) -> Token:
+        try:
+            return self._calls.refreshed(token)
+        except AuthNeedsOperator:
+            raise
+        except AuthFailed:
+            return self.obtain()
+
+    def refresh_at_ns(self, token: Token) -> int:
+        return refresh_before_expiry(token)
+
+    def notices(self, token: Token, now_ns: int) -> list[str]:
+        return []
+
+
+class DeribitAuthenticator(_RefreshingAuthenticator):
+    """One account's tokens from its API key (``client_id``/``client_secret``)."""
 
     def __init__(self, calls: TokenCalls, secrets: Secrets, *, session_name: str | None = None,
                  subject_id: int | None = None) -> None:
@@ -125,27 +148,11 @@ class DeribitAuthenticator:
             token = self._calls.forked(token, self.session_name)
         return token
 
-    def refresh(self, token: Token) -> Token:
-        try:
-            return self._calls.refreshed(token)
-        except AuthNeedsOperator:
-            raise
-        except AuthFailed:
-            return self.obtain()
 
-    def refresh_at_ns(self, token: Token) -> int:
-        return refresh_before_expiry(token)
-
-    def notices(self, token: Token, now_ns: int) -> list[str]:
-        return []
-
-
-class SubaccountAuthenticator:
+class SubaccountAuthenticator(_RefreshingAuthenticator):
     """Tokens for another subaccount, derived from the account's own token source with
     ``public/exchange_token``. Used by the execution role after ``switch_subaccount``: this process
     alone holds these tokens, so refreshing them here races nobody."""
-
-    broker = BROKER
 
     def __init__(self, calls: TokenCalls, primary: TokenSource, subject_id: int) -> None:
         self._calls = calls
@@ -164,17 +171,3 @@ class SubaccountAuthenticator:
         except AuthFailed:
             # The primary's refresh token was refused: let its owner renew it, then once more.
             return self._calls.exchanged(self._primary.rejected(primary), self.subject_id)
-
-    def refresh(self, token: Token) -> Token:
-        try:
-            return self._calls.refreshed(token)
-        except AuthNeedsOperator:
-            raise
-        except AuthFailed:
-            return self.obtain()
-
-    def refresh_at_ns(self, token: Token) -> int:
-        return refresh_before_expiry(token)
-
-    def notices(self, token: Token, now_ns: int) -> list[str]:
-        return []

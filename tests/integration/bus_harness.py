@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,9 +29,10 @@ from schema.messages import SCHEMA_VERSION
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 10.0
 POLL_S = 0.01
+T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> object:
+def wait_until(predicate: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
     """Poll ``predicate`` until it returns something truthy, or fail saying what never happened."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -6,22 +6,20 @@ every test uses labels of its own and reads the truth from the simulator's nativ
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from decimal import Decimal
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from bus_harness import wait_until
+from sim_process import CountingTokens, SimProcess
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from brokers.auth import LocalTokenSource, Token
+from brokers.auth import LocalTokenSource
 from brokers.base import Bar, BrokerPosition, OrderRequest
 from brokers.deribit import adapter
 from brokers.errors import OrderNotFound, OutcomeUnknown, RateLimited, Rejected, Retryable, UnexpectedResponse
@@ -30,12 +28,8 @@ from schema.enums import OrderStatus, OrderType, Side
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SYMBOL = "BTC-PERPETUAL"
 ACCOUNT = "DERIBIT-SIM"
-READY_DEADLINE_S = 20.0
-DEADLINE_S = 10.0
-POLL_S = 0.02
 PACE_S = 0.2
 FAR_BELOW = Decimal("1000")
 """A buy limit the random walk from 60000 never reaches: the order rests."""
@@ -47,31 +41,7 @@ def label(prefix: str = "it") -> str:
     return f"{prefix}.{time.monotonic_ns()}.{next(_ids)}"
 
 
-def wait_until(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-@dataclass(frozen=True)
-class Venue:
-    process: subprocess.Popen[bytes]
-    url: str
-    ws_url: str
-    log_path: Path
-
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, self.url + path, json=body, timeout=5)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def stats(self) -> dict[str, Any]:
-        return self.admin("GET", "/v1/admin/stats")
-
+class Venue(SimProcess):
     def orders(self) -> dict[str, dict[str, Any]]:
         return {o["client_order_id"]: o for o in self.admin("GET", "/v1/admin/orders")["orders"]}
 
@@ -103,32 +73,11 @@ class Venue:
 
 @pytest.fixture(scope="module")
 def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venue]:
-    root = tmp_path_factory.mktemp("deribit-sim")
-    state_dir, log_path = root / "state", root / "venue-sim.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brokers.sim.server", "--port", "0", "--state-dir", str(state_dir),
-             "--dialect", "deribit", "--pace", str(PACE_S), "--history", "20", "--accounts", "SIM1,SIM2",
-             "--symbols", SYMBOL, "--seed", "11"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        ready = state_dir / "venue-sim.json"
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while not ready.exists():
-            if process.poll() is not None:
-                pytest.fail(f"venue-sim exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"venue-sim not ready within {READY_DEADLINE_S}s:\n{log_path.read_text()}")
-            time.sleep(POLL_S)
-        info = json.loads(ready.read_text())
-        yield Venue(process, info["url"], info["ws_url"], log_path)
-        errors = [line for line in log_path.read_text().splitlines() if '"level": "error"' in line]
+    with Venue(tmp_path_factory.mktemp("deribit-sim"), "deribit", accounts=("SIM1", "SIM2"), symbols=(SYMBOL,),
+               pace_s=PACE_S, seed=11) as running:
+        yield running
+        errors = [line for line in running.log_path.read_text().splitlines() if '"level": "error"' in line]
         assert errors == [], errors
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -151,25 +100,9 @@ def config(venue: Venue, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-class CountingSource:
-    def __init__(self, inner: LocalTokenSource) -> None:
-        self.inner = inner
-        self.rejections = 0
-
-    def current(self) -> Token:
-        return self.inner.current()
-
-    def rejected(self, token: Token) -> Token:
-        self.rejections += 1
-        return self.inner.rejected(token)
-
-    def on_new_token(self, callback: Callable[[Token], None]) -> None:
-        self.inner.on_new_token(callback)
-
-
-def counted(venue: Venue, **extra: Any) -> tuple[adapter.DeribitFacade, CountingSource]:
+def counted(venue: Venue, **extra: Any) -> tuple[adapter.DeribitFacade, CountingTokens]:
     cfg = config(venue, **extra)
-    source = CountingSource(LocalTokenSource(adapter.authenticator(cfg)))
+    source = CountingTokens(LocalTokenSource(adapter.authenticator(cfg)))
     return build_facade(cfg, tokens=source), source  # type: ignore[return-value]
 
 

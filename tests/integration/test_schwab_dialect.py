@@ -7,19 +7,16 @@ the facade and never reach the venue. Token expiry is forced with ``POST /v1/adm
 """
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from sim_process import SimProcess, collect_bars, environment
 
 from brokers.auth import StaticTokenSource
 from brokers.base import Bar, BrokerFacade, OrderRequest
@@ -31,10 +28,7 @@ from schema.enums import OrderType, Side
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_DEADLINE_S = 20.0
 STREAM_DEADLINE_S = 15.0
-POLL_S = 0.02
 PACE_S = 0.2
 HISTORY = 20
 MINUTE_NS = 60_000_000_000
@@ -50,85 +44,36 @@ ES = _today_contract("ES")
 EURO = _today_contract("6E")
 
 
-@dataclass(frozen=True)
-class Venue:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/schwab"
-
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, self.url + path, json=body, timeout=5)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def stats(self) -> dict[str, int]:
-        return self.admin("GET", "/schwab/admin/stats")
-
+class Venue(SimProcess):
     def native_bars(self, symbol: str) -> dict[int, dict[str, Any]]:
         """The venue's own truth (``/v1`` API), by bar open time."""
         bars = self.admin("GET", f"/v1/bars/{symbol}?limit=10000")["bars"]
         return {b["ts_ns"]: b for b in bars}
 
 
-def _start(tmp: Path, *extra: str) -> Venue:
-    state_dir = tmp / "state"
-    log_path = tmp / "venue-sim.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brokers.sim.server", "--port", "0", "--state-dir", str(state_dir),
-             "--dialect", "schwab", "--pace", str(PACE_S), "--history", str(HISTORY), "--accounts", "SIM1,SIM2",
-             "--symbols", f"{ES},{EURO}", *extra],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + READY_DEADLINE_S
-    ready = state_dir / "venue-sim.json"
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"venue-sim exited with {process.returncode}:\n{log_path.read_text()}")
-            if ready.exists():
-                info = json.loads(ready.read_text())
-                assert info["pid"] == process.pid and info["ws_url"].startswith("ws://")
-                return Venue(process, info["url"], log_path)
-            time.sleep(POLL_S)
-        pytest.fail(f"venue-sim not ready within {READY_DEADLINE_S}s:\n{log_path.read_text()}")
-    except BaseException:
-        _stop(process)
-        raise
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+@contextmanager
+def running_venue(root: Path, token_ttl_s: float | None = None) -> Iterator[Venue]:
+    with Venue(root, "schwab", accounts=("SIM1", "SIM2"), symbols=(ES, EURO), pace_s=PACE_S, history=HISTORY,
+               token_ttl_s=token_ttl_s) as venue:
+        assert venue.ws_url.startswith("ws://")  # the streamer's socket
+        yield venue
 
 
 @pytest.fixture(scope="module")
 def credentials() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for account in ("SIM1", "SIM2"):
-            patch.setenv(f"TRADEBUS_SECRET_{account}_APP_KEY", "sim-app-key")
-            patch.setenv(f"TRADEBUS_SECRET_{account}_APP_SECRET", "sim-app-secret")
-            patch.setenv(f"TRADEBUS_SECRET_{account}_REFRESH_TOKEN", f"sim-refresh-{account}")
-        patch.delenv("TRADEBUS_SECRETS_FILE", raising=False)
+    secrets: dict[str, str | None] = {"TRADEBUS_SECRETS_FILE": None}
+    for account in ("SIM1", "SIM2"):
+        secrets[f"TRADEBUS_SECRET_{account}_APP_KEY"] = "sim-app-key"
+        secrets[f"TRADEBUS_SECRET_{account}_APP_SECRET"] = "sim-app-secret"
+        secrets[f"TRADEBUS_SECRET_{account}_REFRESH_TOKEN"] = f"sim-refresh-{account}"
+    with environment(secrets):
         yield
 
 
 @pytest.fixture(scope="module")
 def venue(tmp_path_factory: pytest.TempPathFactory, credentials: None) -> Iterator[Venue]:
-    running = _start(tmp_path_factory.mktemp("schwab-sim"))
-    try:
+    with running_venue(tmp_path_factory.mktemp("schwab-sim")) as running:
         yield running
-    finally:
-        _stop(running.process)
 
 
 def config(venue: Venue, account: str = "SIM1", **extra: Any) -> dict[str, Any]:
@@ -144,18 +89,7 @@ def broker(venue: Venue) -> Iterator[BrokerFacade]:
         facade.close()
 
 
-def collect(stream: Iterator[Bar | None], count: int, *, deadline_s: float = STREAM_DEADLINE_S) -> list[Bar]:
-    """``count`` bars from a stream, failing (not hanging) past the deadline; keep-alives skipped."""
-    bars: list[Bar] = []
-    deadline = time.monotonic() + deadline_s
-    for item in stream:
-        if item is not None:
-            bars.append(item)
-            if len(bars) >= count:
-                return bars
-        if time.monotonic() > deadline:
-            pytest.fail(f"only {len(bars)} of {count} bars within {deadline_s}s")
-    pytest.fail("the stream ended")
+collect = partial(collect_bars, deadline_s=STREAM_DEADLINE_S)
 
 
 def assert_contiguous(bars: list[Bar], first_index: int | None = None) -> None:
@@ -172,14 +106,6 @@ def assert_match_venue(bars: list[Bar], venue: Venue, symbol: str) -> None:
         assert (bar.open, bar.high, bar.low, bar.close, bar.volume) == tuple(
             Decimal(native[k]) for k in ("open", "high", "low", "close", "volume"))
         assert all(isinstance(v, Decimal) for v in (bar.open, bar.high, bar.low, bar.close, bar.volume))
-
-
-def wait_for(predicate: Any, what: str, deadline_s: float = STREAM_DEADLINE_S) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
 
 
 # ---------------------------------------------------------------- data only
@@ -255,7 +181,7 @@ def test_stream_from_the_live_edge(venue: Venue, broker: BrokerFacade) -> None:
 
 
 def test_token_expiry_mid_stream_resumes_without_gap_or_duplicate(venue: Venue, broker: BrokerFacade) -> None:
-    before = venue.stats()
+    before = venue.dialect_stats()
     stream = broker.stream_bars(ES, "1m")
     try:
         first = collect(stream, 3)
@@ -264,7 +190,7 @@ def test_token_expiry_mid_stream_resumes_without_gap_or_duplicate(venue: Venue, 
     finally:
         stream.close()
     assert_contiguous(first + rest)
-    after = venue.stats()
+    after = venue.dialect_stats()
     assert after["login_denied"] > before["login_denied"]  # the venue refused the stale token mid-stream
     assert after["refresh_grants"] > before["refresh_grants"]  # the adapter refreshed (tokens.rejected)
     assert after["connections"] == before["connections"] + 2  # and reconnected once
@@ -272,10 +198,10 @@ def test_token_expiry_mid_stream_resumes_without_gap_or_duplicate(venue: Venue, 
 
 def test_token_expiry_before_a_rest_call_refreshes_once(venue: Venue, broker: BrokerFacade) -> None:
     broker.historical_bars(ES, "1m", limit=1)
-    before = venue.stats()["refresh_grants"]
+    before = venue.dialect_stats()["refresh_grants"]
     venue.admin("POST", "/v1/admin/expire-tokens")
     assert len(broker.historical_bars(ES, "1m", limit=3)) == 3
-    assert venue.stats()["refresh_grants"] == before + 1
+    assert venue.dialect_stats()["refresh_grants"] == before + 1
 
 
 def test_one_streamer_connection_per_user(venue: Venue, broker: BrokerFacade) -> None:
@@ -386,22 +312,21 @@ def test_a_wrong_app_secret_needs_the_operator(venue: Venue, monkeypatch: pytest
 
 def test_new_tokens_relogin_on_the_live_socket(tmp_path: Path, credentials: None) -> None:
     # Given access tokens that live 5 s: the in-process token source refreshes after 2.5 s
-    short = _start(tmp_path, "--token-ttl-s", "5")
-    facade = build_facade(config(short))
-    stream = facade.stream_bars(ES, "1m")
-    try:
-        bars = collect(stream, 2)
-        # When two refreshes happen during the stream
-        deadline = time.monotonic() + STREAM_DEADLINE_S
-        while short.stats()["relogins"] < 2:
-            bars += [b for b in [next(stream)] if b is not None]
-            assert time.monotonic() < deadline, "no re-LOGIN within the deadline"
-        bars += collect(stream, 2)
-    finally:
-        stream.close()
-        facade.close()
-        stats = short.stats()
-        _stop(short.process)
+    with running_venue(tmp_path, token_ttl_s=5) as short:
+        facade = build_facade(config(short))
+        stream = facade.stream_bars(ES, "1m")
+        try:
+            bars = collect(stream, 2)
+            # When two refreshes happen during the stream
+            deadline = time.monotonic() + STREAM_DEADLINE_S
+            while short.dialect_stats()["relogins"] < 2:
+                bars += [b for b in [next(stream)] if b is not None]
+                assert time.monotonic() < deadline, "no re-LOGIN within the deadline"
+            bars += collect(stream, 2)
+        finally:
+            stream.close()
+            facade.close()
+        stats = short.dialect_stats()
     # Then the socket was re-authorised in place: one connection, never denied, bars unbroken
     assert (stats["connections"], stats["login_denied"], stats["logins"]) == (1, 0, 1)
     assert stats["refresh_grants"] >= 2

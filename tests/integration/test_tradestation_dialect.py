@@ -3,21 +3,19 @@ dialect: orders, fills, lookup, bars and streams over real HTTP, the OAuth2 refr
 rotating refresh tokens, token expiry mid-run, GoAway, silently dropped stream frames, brackets."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
+from bus_harness import wait_until
+from sim_process import CountingTokens, SimProcess, collect_bars, environment
 
-from brokers.auth import LocalTokenSource, Token
+from brokers.auth import LocalTokenSource
 from brokers.base import Bar, BrokerFacade, BrokerOrder, OrderRequest
 from brokers.errors import AuthNeedsOperator, OutcomeUnknown, Rejected, Retryable
 from brokers.instruments import front_contract
@@ -28,95 +26,37 @@ from schema.enums import OrderStatus, OrderType, Side
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_DEADLINE_S = 20.0
-DEADLINE_S = 10.0
-POLL_S = 0.05
 TODAY = datetime.now(UTC).date()
 ES = front_contract("ES", TODAY)
 EC = front_contract("6E", TODAY)
 ACCOUNTS = ("SIM1", "SIM2", "SIM3")
 HEARTBEAT_AFTER_S = 4.0
 """The dialect sends a heartbeat after 5 idle seconds; a keep-alive this long after the last bar is one."""
-T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Sim:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/tradestation"
-
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, self.url + path, json=body, timeout=5)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def submissions(self, client_order_id: str) -> int:
-        return int(self.admin("GET", "/v1/admin/stats")["submissions"].get(client_order_id, 0))
-
+class Sim(SimProcess):
     def config(self, account: str, **extra: Any) -> dict[str, Any]:
         return {"broker": "tradestation", "account": f"ts-int-{account}", "base_url": self.base_url,
                 "token_url": f"{self.base_url}/oauth/token", "account_id": account, "timeout_s": 3, **extra}
 
 
-class CountingTokens:
-    """A ``TokenSource`` that counts how often the venue refused a token."""
-
-    def __init__(self, inner: LocalTokenSource) -> None:
-        self.inner = inner
-        self.rejections = 0
-
-    def current(self) -> Token:
-        return self.inner.current()
-
-    def rejected(self, token: Token) -> Token:
-        self.rejections += 1
-        return self.inner.rejected(token)
-
-    def on_new_token(self, callback: Callable[[Token], None]) -> None:
-        self.inner.on_new_token(callback)
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    tmp = tmp_path_factory.mktemp("ts-sim")
-    state_dir, log_path = tmp / "state", tmp / "venue-sim.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brokers.sim.server", "--port", "0", "--state-dir", str(state_dir),
-             "--dialect", "tradestation", "--pace", "0.2", "--history", "20", "--accounts", ",".join(ACCOUNTS),
-             "--symbols", f"{ES},{EC}", "--token-ttl-s", "600", "--seed", "5"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready = state_dir / "venue-sim.json"
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while not ready.exists():
-            if process.poll() is not None:
-                pytest.fail(f"venue-sim exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"venue-sim not ready within {READY_DEADLINE_S}s:\n{log_path.read_text()}")
-            time.sleep(POLL_S)
-        yield Sim(process, json.loads(ready.read_text())["url"], log_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+    with Sim(tmp_path_factory.mktemp("ts-sim"), "tradestation", accounts=ACCOUNTS, symbols=(ES, EC),
+             token_ttl_s=600, seed=5) as running:
+        yield running
 
 
 @pytest.fixture(scope="module", autouse=True)
 def credentials() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for account in (*ACCOUNTS, "dead", "wrong-client"):
-            prefix = f"TRADEBUS_SECRET_TS_INT_{account.upper().replace('-', '_')}_"
-            patch.setenv(prefix + "CLIENT_ID", "sim-client")
-            patch.setenv(prefix + "CLIENT_SECRET", "wrong-secret" if account == "wrong-client" else "sim-secret")
-            refresh = f"sim-refresh-{account}" if account in ACCOUNTS else "sim-refresh-NOPE"
-            patch.setenv(prefix + "REFRESH_TOKEN", "sim-refresh-SIM3" if account == "wrong-client" else refresh)
+    secrets: dict[str, str | None] = {}
+    for account in (*ACCOUNTS, "dead", "wrong-client"):
+        prefix = f"TRADEBUS_SECRET_TS_INT_{account.upper().replace('-', '_')}_"
+        secrets[prefix + "CLIENT_ID"] = "sim-client"
+        secrets[prefix + "CLIENT_SECRET"] = "wrong-secret" if account == "wrong-client" else "sim-secret"
+        refresh = f"sim-refresh-{account}" if account in ACCOUNTS else "sim-refresh-NOPE"
+        secrets[prefix + "REFRESH_TOKEN"] = "sim-refresh-SIM3" if account == "wrong-client" else refresh
+    with environment(secrets):
         yield
 
 
@@ -141,22 +81,11 @@ def broker(sim: Sim) -> Iterator[Broker]:
         auth.close()
 
 
-def wait_for(probe: Callable[[], T | None], what: str, deadline_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
-
-
 def settled(facade: BrokerFacade, client_order_id: str, *statuses: OrderStatus) -> BrokerOrder:
     def probe() -> BrokerOrder | None:
         order = facade.order_by_client_id(client_order_id)
         return order if order is not None and order.status in statuses else None
-    return wait_for(probe, f"{client_order_id} to be {'/'.join(s.value for s in statuses)}")
+    return wait_until(probe, f"{client_order_id} to be {'/'.join(s.value for s in statuses)}")
 
 
 def last_close(facade: BrokerFacade, symbol: str = ES) -> Decimal:
@@ -165,19 +94,6 @@ def last_close(facade: BrokerFacade, symbol: str = ES) -> Decimal:
 
 def position(facade: BrokerFacade, symbol: str = ES) -> Decimal:
     return sum((p.quantity for p in facade.positions() if p.symbol == symbol), Decimal(0))
-
-
-def collect(stream: Iterator[Bar | None], count: int, deadline_s: float = DEADLINE_S) -> list[Bar]:
-    bars: list[Bar] = []
-    deadline = time.monotonic() + deadline_s
-    for item in stream:
-        if item is not None:
-            bars.append(item)
-        if len(bars) >= count:
-            return bars
-        if time.monotonic() > deadline:
-            break
-    pytest.fail(f"only {len(bars)} of {count} bars arrived")
 
 
 def contiguous(bars: list[Bar], after: int) -> None:
@@ -203,7 +119,7 @@ def test_market_orders_fill_and_fills_page_without_duplicates(sim: Sim, broker: 
             fills, cursor = facade.fills_since(cursor)
             seen.extend(f.broker_fill_id for f in fills)
             return any(f.client_order_id == cid for f in fills)
-        wait_for(probe, f"the fill of {cid}")
+        wait_until(probe, f"the fill of {cid}")
 
     placed = facade.submit_order(market("it.mkt.1", Side.BUY))
     assert (placed.status, placed.symbol, placed.client_order_id) == (OrderStatus.ACCEPTED, ES, "it.mkt.1")
@@ -310,7 +226,7 @@ def test_stream_bars_arrive_in_order_after_the_backfill(broker: Broker) -> None:
     start = facade.historical_bars(ES, "1m", limit=5)[0].index
     stream = facade.stream_bars(ES, "1m", after_index=start)
     try:
-        bars = collect(stream, 10)
+        bars = collect_bars(stream, 10)
     finally:
         stream.close()
     contiguous(bars, start)
@@ -337,10 +253,10 @@ def test_token_expiry_mid_stream_refreshes_and_the_stream_goes_on(sim: Sim, brok
     facade = broker.facade
     stream = facade.stream_bars(ES, "1m")
     try:
-        first = collect(stream, 2)
+        first = collect_bars(stream, 2)
         refusals = broker.tokens.rejections
         sim.admin("POST", "/v1/admin/expire-tokens")
-        rest = collect(stream, 6)
+        rest = collect_bars(stream, 6)
     finally:
         stream.close()
     contiguous(first[1:] + rest, first[0].index)
@@ -385,15 +301,15 @@ def test_goaway_makes_the_caller_reconnect_from_its_last_bar(sim: Sim, broker: B
     facade = broker.facade
     stream = facade.stream_bars(ES, "1m")
     try:
-        bars = collect(stream, 2)
+        bars = collect_bars(stream, 2)
         assert sim.admin("POST", "/tradestation/admin/goaway")["streams"] >= 1
         with pytest.raises(Retryable, match="GoAway"):
-            bars += collect(stream, 10_000)
+            bars += collect_bars(stream, 10_000)
     finally:
         stream.close()
     again = facade.stream_bars(ES, "1m", after_index=bars[-1].index)
     try:
-        contiguous(collect(again, 4), bars[-1].index)
+        contiguous(collect_bars(again, 4), bars[-1].index)
     finally:
         again.close()
 
@@ -402,7 +318,7 @@ def test_silently_dropped_bars_come_back_by_resync_after_reconnect(sim: Sim, bro
     facade = broker.facade
     stream = facade.stream_bars(ES, "1m")
     try:
-        [last] = collect(stream, 1)
+        [last] = collect_bars(stream, 1)
         assert sim.admin("POST", "/tradestation/admin/drop", {"bars": 1_000_000})["streams"] >= 1
         dropped_at = time.monotonic()
         # The venue keeps closing bars, the stream sends none of them — only a heartbeat after 5 idle
@@ -419,13 +335,13 @@ def test_silently_dropped_bars_come_back_by_resync_after_reconnect(sim: Sim, bro
         assert produced >= last.index + 10  # bars closed meanwhile, none reached us
         sim.admin("POST", "/tradestation/admin/goaway")
         with pytest.raises(Retryable, match="GoAway"):
-            collect(stream, 10_000)
+            collect_bars(stream, 10_000)
     finally:
         stream.close()
     # The caller reconnects with its last index: the backfill brings every dropped bar back.
     resynced = facade.stream_bars(ES, "1m", after_index=last.index)
     try:
-        recovered = collect(resynced, produced - last.index + 2)
+        recovered = collect_bars(resynced, produced - last.index + 2)
     finally:
         resynced.close()
     contiguous(recovered, last.index)
@@ -435,9 +351,9 @@ def test_a_hole_in_the_live_stream_is_mended_at_once(sim: Sim, broker: Broker) -
     facade = broker.facade
     stream = facade.stream_bars(ES, "1m")
     try:
-        [first] = collect(stream, 1)
+        [first] = collect_bars(stream, 1)
         sim.admin("POST", "/tradestation/admin/drop", {"bars": 3})
-        rest = collect(stream, 8)
+        rest = collect_bars(stream, 8)
     finally:
         stream.close()
     contiguous(rest, first.index)

@@ -5,12 +5,8 @@ trading socket's framing."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from bus_harness import wait_until
 from httpx_ws import connect_ws
+from sim_process import SimProcess, collect_bars, environment
 
 from brokers.auth import LocalTokenSource, StaticTokenSource
 from brokers.base import BrokerFacade, Bar, BrokerOrder, OrderRequest
@@ -39,10 +37,7 @@ from schema.enums import OrderStatus, OrderType, Side
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_DEADLINE_S = 20.0
 DEADLINE_S = 10.0
-POLL_S = 0.05
 ES = front_contract("ES", datetime.now(UTC).date())
 E6 = front_contract("6E", datetime.now(UTC).date())
 TICK = instrument("ES").tick_size
@@ -51,12 +46,7 @@ CREDENTIALS = {"TRADEBUS_SECRET_TV_IT_NAME": "demo", "TRADEBUS_SECRET_TV_IT_PASS
                "TRADEBUS_SECRET_TV_BAD_NAME": "demo", "TRADEBUS_SECRET_TV_BAD_PASSWORD": "wrong-password"}
 
 
-@dataclass(frozen=True)
-class Sim:
-    url: str
-    ws_url: str
-    log_path: Path
-
+class Sim(SimProcess):
     def config(self, account_spec: str | None = "SIM1", **extra: Any) -> dict[str, Any]:
         config = {"broker": "tradovate", "account": ACCOUNT, "base_url": f"{self.url}/tradovate/v1",
                   "md_ws_url": f"{self.ws_url}/tradovate/md", "timeout_s": 5, **extra}
@@ -64,47 +54,13 @@ class Sim:
             config["account_spec"] = account_spec
         return config
 
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, self.url + path, json=body, timeout=5)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def stats(self) -> dict[str, Any]:
-        return self.admin("GET", "/v1/admin/stats")
-
-    def dialect_stats(self) -> dict[str, Any]:
-        return self.admin("GET", "/tradovate/admin/stats")
-
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     root = tmp_path_factory.mktemp("tradovate-sim")
-    state_dir, log_path = root / "state", root / "venue-sim.log"
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brokers.sim.server", "--port", "0", "--state-dir", str(state_dir),
-             "--dialect", "tradovate", "--pace", "0.2", "--history", "20", "--accounts", "SIM1,SIM2,SIM3",
-             "--symbols", f"{ES},{E6}", "--seed", "5"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            ready = state_dir / "venue-sim.json"
-            deadline = time.monotonic() + READY_DEADLINE_S
-            while not ready.exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"venue-sim not ready:\n{log_path.read_text()}")
-                time.sleep(POLL_S)
-            info = json.loads(ready.read_text())
-            yield Sim(info["url"], info["ws_url"], log_path)
-        finally:
-            process.kill()
-            process.wait(timeout=10)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with environment(CREDENTIALS), Sim(root, "tradovate", accounts=("SIM1", "SIM2", "SIM3"), symbols=(ES, E6),
+                                       seed=5) as running:
+        yield running
 
 
 @pytest.fixture
@@ -117,17 +73,6 @@ def broker(sim: Sim) -> Iterator[BrokerFacade]:
         facade.close()
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
-
-
 def last_close(broker: BrokerFacade, symbol: str = ES) -> Decimal:
     return broker.historical_bars(symbol, "1m", limit=1)[-1].close
 
@@ -136,26 +81,9 @@ def on_tick(price: Decimal) -> Decimal:
     return (price / TICK).to_integral_value() * TICK
 
 
-def submissions(sim: Sim, cid: str) -> int:
-    return sim.stats()["submissions"].get(cid, 0)
-
-
 def status_of(broker: BrokerFacade, cid: str) -> OrderStatus | None:
     order = broker.order_by_client_id(cid)
     return None if order is None else order.status
-
-
-def take_bars(stream: Iterator[Bar | None], count: int, timeout: float = DEADLINE_S) -> list[Bar]:
-    bars: list[Bar] = []
-    deadline = time.monotonic() + timeout
-    for item in stream:
-        if item is not None:
-            bars.append(item)
-            if len(bars) == count:
-                return bars
-        if time.monotonic() > deadline:
-            pytest.fail(f"only {len(bars)} of {count} bars in time")
-    pytest.fail("the stream ended")
 
 
 def _fills_when(broker: BrokerFacade, cursor: str | None, count: int) -> Any:
@@ -175,7 +103,7 @@ def test_market_limit_stop_modify_cancel_and_lookup(sim: Sim, broker: BrokerFaca
     # Given a market buy, when it is submitted, then the venue takes it and fills it on the next bar.
     market = broker.submit_order(OrderRequest("it.1.market", ES, Side.BUY, OrderType.MARKET, Decimal(1)))
     assert (market.status, market.symbol) == (OrderStatus.ACCEPTED, ES)
-    wait_for("the market order to fill", lambda: status_of(broker, "it.1.market") is OrderStatus.FILLED)
+    wait_until(lambda: status_of(broker, "it.1.market") is OrderStatus.FILLED, "the market order to fill")
 
     # A limit far below and a stop far above rest.
     limit = broker.submit_order(OrderRequest("it.1.limit", ES, Side.BUY, OrderType.LIMIT, Decimal(2),
@@ -206,20 +134,20 @@ def test_market_limit_stop_modify_cancel_and_lookup(sim: Sim, broker: BrokerFaca
         broker.submit_order(OrderRequest("it.1.offtick", ES, Side.BUY, OrderType.LIMIT, Decimal(1),
                                          limit_price=price + TICK / 5))
     for cid in ("it.1.market", "it.1.limit", "it.1.stop", "it.1.offtick"):
-        assert submissions(sim, cid) == 1
+        assert sim.submissions(cid) == 1
 
 
 def test_fills_with_cursor_paging_and_positions(sim: Sim) -> None:
     # SIM2, and no account_id in the config: the adapter finds it by name.
     with build_facade(sim.config("SIM2")) as broker:
         broker.submit_order(OrderRequest("it.2.buy", ES, Side.BUY, OrderType.MARKET, Decimal(3)))
-        fills, cursor = wait_for("the first fill", lambda: _fills_when(broker, None, 1))
+        fills, cursor = wait_until(lambda: _fills_when(broker, None, 1), "the first fill")
         assert [f.client_order_id for f in fills] == ["it.2.buy"]
         assert broker.fills_since(cursor) == ([], cursor)  # nothing new: the same cursor
 
         broker.submit_order(OrderRequest("it.2.sell", ES, Side.SELL, OrderType.MARKET, Decimal(1)))
         broker.submit_order(OrderRequest("it.2.eur", E6, Side.SELL, OrderType.MARKET, Decimal(2)))
-        new_fills, next_cursor = wait_for("two more fills", lambda: _fills_when(broker, cursor, 2))
+        new_fills, next_cursor = wait_until(lambda: _fills_when(broker, cursor, 2), "two more fills")
         assert sorted(f.client_order_id for f in new_fills) == ["it.2.eur", "it.2.sell"]
         assert {f.symbol for f in new_fills} == {ES, E6}
         everything, _ = broker.fills_since(None)
@@ -255,13 +183,13 @@ def test_historical_bars(sim: Sim, broker: BrokerFacade) -> None:
 def test_streaming_bars_in_order_and_resuming(broker: BrokerFacade) -> None:
     stream = broker.stream_bars(ES, "1m")
     try:
-        bars = take_bars(stream, 6)
+        bars = collect_bars(stream, 6)
     finally:
         stream.close()
     assert consecutive(bars) and all(b.symbol == ES for b in bars)
     resumed = broker.stream_bars(ES, "1m", after_index=bars[2].index)
     try:
-        again = take_bars(resumed, 4)
+        again = collect_bars(resumed, 4)
     finally:
         resumed.close()
     assert consecutive(again) and again[0].index == bars[3].index  # bars after the resume point, none before
@@ -272,9 +200,9 @@ def test_token_expiry_mid_stream_reauthorises_the_live_socket(sim: Sim, broker: 
     before = sim.dialect_stats()
     stream = broker.stream_bars(ES, "1m")
     try:
-        first = take_bars(stream, 2)
+        first = collect_bars(stream, 2)
         assert sim.admin("POST", "/v1/admin/expire-tokens")["expired"] >= 1
-        rest = take_bars(stream, 5)
+        rest = collect_bars(stream, 5)
     finally:
         stream.close()
     # Same socket, no gap, no repeat: the socket was told, got a new token and resumed.
@@ -304,7 +232,7 @@ def test_token_expiry_mid_orders_sends_each_order_once(sim: Sim, broker: BrokerF
     after = sim.dialect_stats()
     assert after["renewals_refused"] == before.get("renewals_refused", 0) + 1
     assert after["tokens_issued"] == before["tokens_issued"] + 1
-    assert (submissions(sim, "it.3.a"), submissions(sim, "it.3.b")) == (1, 1)
+    assert (sim.submissions("it.3.a"), sim.submissions("it.3.b")) == (1, 1)
 
 
 def test_refresh_renews_the_session_without_a_new_login(sim: Sim) -> None:
@@ -397,7 +325,7 @@ def test_lost_answers_are_resolved_by_lookup_never_by_resending(sim: Sim, broker
         assert broker.submit_order(request).status is OrderStatus.ACCEPTED
     finally:
         sim.admin("DELETE", "/v1/admin/faults")
-    assert (submissions(sim, "it.4.lost"), submissions(sim, "it.4.failed")) == (1, 1)
+    assert (sim.submissions("it.4.lost"), sim.submissions("it.4.failed")) == (1, 1)
     for cid in ("it.4.lost", "it.4.failed"):
         broker.cancel_order(cid)
 
@@ -417,7 +345,7 @@ def test_oso_bracket_places_its_legs_on_fill_and_one_cancels_the_other(sim: Sim)
             working = {o.client_order_id: o for o in broker.open_orders()}
             return working if {"it.5.entry:tp", "it.5.entry:sl"} <= set(working) else None
 
-        working = wait_for("the bracket legs after the entry filled", legs)
+        working = wait_until(legs, "the bracket legs after the entry filled")
         assert broker.order_by_client_id("it.5.entry").status is OrderStatus.FILLED  # type: ignore[union-attr]
         tp, sl = working["it.5.entry:tp"], working["it.5.entry:sl"]
         assert (tp.side, tp.order_type, tp.limit_price) == (Side.SELL, OrderType.LIMIT, on_tick(price + 300))
@@ -425,10 +353,10 @@ def test_oso_bracket_places_its_legs_on_fill_and_one_cancels_the_other(sim: Sim)
 
         # When the take-profit becomes marketable it fills, and the stop-loss is cancelled.
         broker.modify_order("it.5.entry:tp", limit_price=on_tick(last_close(broker) - 50))
-        wait_for("the take-profit to fill", lambda: status_of(broker, "it.5.entry:tp") is OrderStatus.FILLED)
-        wait_for("the stop-loss to be cancelled", lambda: status_of(broker, "it.5.entry:sl") is OrderStatus.CANCELLED)
+        wait_until(lambda: status_of(broker, "it.5.entry:tp") is OrderStatus.FILLED, "the take-profit to fill")
+        wait_until(lambda: status_of(broker, "it.5.entry:sl") is OrderStatus.CANCELLED, "the stop-loss to be cancelled")
         assert broker.positions() == []
-        assert [submissions(sim, c) for c in ("it.5.entry", "it.5.entry:tp", "it.5.entry:sl")] == [1, 1, 1]
+        assert [sim.submissions(c) for c in ("it.5.entry", "it.5.entry:tp", "it.5.entry:sl")] == [1, 1, 1]
 
 
 def test_the_demo_account_reaches_the_simulator(sim: Sim, tmp_path: Path) -> None:

@@ -1139,7 +1139,7 @@ def _websocket(app: SimApp, connection: Any) -> None:
 
 
 def _routes() -> tuple[HttpRoute, ...]:
-    routes = [HttpRoute("POST", f"{API_PATH}/?", _post_handler, None),
+    routes = [HttpRoute("POST", f"{API_PATH}/?", _post_handler, "auth"),  # the adapter POSTs token requests only
               HttpRoute("POST", f"{PREFIX}/admin/rate-limit", _admin_rate_limit, None)]
     for name, entry in METHODS.items():
         routes.append(HttpRoute("GET", f"{API_PATH}/{name}", _get_handler(name), entry.call))

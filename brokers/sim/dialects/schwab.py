@@ -676,7 +676,7 @@ def websocket(app: SimApp, connection: Any) -> None:
 DIALECT = Dialect(
     name="schwab",
     routes=(
-        HttpRoute("POST", rf"{PREFIX}/v1/oauth/token", post_token, None),
+        HttpRoute("POST", rf"{PREFIX}/v1/oauth/token", post_token, "auth"),
         HttpRoute("GET", rf"{PREFIX}/trader/v1/userPreference", get_user_preference, "stream"),
         HttpRoute("GET", rf"{PREFIX}/marketdata/v1/pricehistory", get_price_history, "bars"),
         HttpRoute("POST", rf"{PREFIX}/admin/refresh-expiry", post_refresh_expiry, None),

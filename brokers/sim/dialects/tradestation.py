@@ -52,6 +52,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -675,24 +676,38 @@ def _own_record(state: _State, subject: str, order_id: str) -> _TsOrder:
     return record
 
 
+def _open_record(app: SimApp, state: _State, subject: str, order_id: str, verb: str) -> _TsOrder:
+    """The client's order, settled first, refused if it is a held bracket leg already closed
+    (``verb``: "cancelled", "replaced"). Call with ``app.lock`` held."""
+    _settle(app, state)
+    record = _own_record(state, subject, order_id)
+    if record.held is not None and record.held_status is not None:
+        raise _Refused(400, "BadRequest", f"order is not open and cannot be {verb}")
+    return record
+
+
+@contextmanager
+def _venue_refusals(record: _TsOrder, verb: str) -> Iterator[None]:
+    """The venue's refusal to change ``record`` (``verb``: "cancelled", "replaced") in TradeStation's words."""
+    try:
+        yield
+    except UnknownOrder:
+        raise _Refused(404, "NotFound", f"order {record.order_id} not found") from None
+    except OrderRejected as exc:
+        raise _Refused(400, "BadRequest", f"order cannot be {verb} ({exc.reason})") from None
+
+
 @_route
 def cancel_order(app: SimApp, req: Request) -> Answer:
     subject = _subject(app, req)
     state = _state(app)
     with app.lock:
-        _settle(app, state)
-        record = _own_record(state, subject, req.params["order_id"])
+        record = _open_record(app, state, subject, req.params["order_id"], "cancelled")
         if record.held is not None:
-            if record.held_status is not None:
-                raise _Refused(400, "BadRequest", "order is not open and cannot be cancelled")
             record.held_status, record.reason, record.closed_ns = "CAN", "cancelled by the client", app.venue.now_ns
         else:
-            try:
+            with _venue_refusals(record, "cancelled"):
                 app.venue.cancel(record.account, record.cid)
-            except UnknownOrder:
-                raise _Refused(404, "NotFound", f"order {record.order_id} not found") from None
-            except OrderRejected as exc:
-                raise _Refused(400, "BadRequest", f"order cannot be cancelled ({exc.reason})") from None
         _settle(app, state)
     app.log("ts_order_cancelled", order_id=record.order_id)
     return json_answer({"OrderID": record.order_id, "Message": "Cancel request sent"})
@@ -711,22 +726,15 @@ def replace_order(app: SimApp, req: Request) -> Answer:
         raise _Refused(400, "BadRequest", "nothing to replace: give Quantity, LimitPrice and/or StopPrice")
     state = _state(app)
     with app.lock:
-        _settle(app, state)
-        record = _own_record(state, subject, req.params["order_id"])
+        record = _open_record(app, state, subject, req.params["order_id"], "replaced")
         if record.held is not None:
-            if record.held_status is not None:
-                raise _Refused(400, "BadRequest", "order is not open and cannot be replaced")
             record.held = dataclasses.replace(
                 record.held, quantity=quantity if quantity is not None else record.held.quantity,
                 limit_price=limit if limit is not None else record.held.limit_price,
                 stop_price=stop if stop is not None else record.held.stop_price)
         else:
-            try:
+            with _venue_refusals(record, "replaced"):
                 app.venue.modify(record.account, record.cid, quantity=quantity, limit_price=limit, stop_price=stop)
-            except UnknownOrder:
-                raise _Refused(404, "NotFound", f"order {record.order_id} not found") from None
-            except OrderRejected as exc:
-                raise _Refused(400, "BadRequest", f"order cannot be replaced ({exc.reason})") from None
     return json_answer({"OrderID": record.order_id, "Message": "Cancel/Replace order sent"})
 
 
@@ -1028,7 +1036,7 @@ _ACCOUNTS = rf"{PREFIX}/v3/brokerage/accounts/(?P<ids>[^/]+)"
 DIALECT = Dialect(
     name="tradestation",
     routes=(
-        HttpRoute("POST", rf"{PREFIX}/oauth/token", token, None),  # "auth" is not a fault-plan call (brokers.sim.faults)
+        HttpRoute("POST", rf"{PREFIX}/oauth/token", token, "auth"),
         HttpRoute("POST", rf"{PREFIX}/v3/orderexecution/orders", place_order, "submit"),
         HttpRoute("POST", rf"{PREFIX}/v3/orderexecution/ordergroups", place_group, "submit"),
         HttpRoute("PUT", rf"{PREFIX}/v3/orderexecution/orders/(?P<order_id>[^/]+)", replace_order, "modify"),
