@@ -43,8 +43,8 @@ price_wrong_tick, 11044 not_open_order, -32602 invalid params (``data: {param, r
 method not found, -32600 invalid request (batches, requests without id). Fault-plan call names:
 buy/sell ``submit``, cancel/cancel_by_label ``cancel``, edit ``modify``, get_order_state(_by_label)
 ``lookup``, get_open_orders_by_instrument ``orders``, get_positions ``positions``,
-get_user_trades_by_instrument ``fills``, get_tradingview_chart_data ``bars``; token methods and the
-POST form are not faulted (``auth`` is not a call the fault plan accepts yet).
+get_user_trades_by_instrument ``fills``, get_tradingview_chart_data ``bars``, token methods and the
+POST form (which the adapter uses for token requests only) ``auth``.
 
 Bars
 ====
@@ -869,11 +869,9 @@ class _Entry:
 
 
 METHODS: Mapping[str, _Entry] = {
-    # Token methods are never faulted: "auth" is named in brokers.sim.dialects but not (yet) a call
-    # the fault plan accepts (brokers.sim.faults.REQUEST_CALLS).
-    "public/auth": _Entry(_public_auth, False, None),
-    "public/fork_token": _Entry(_fork_token, False, None),
-    "public/exchange_token": _Entry(_exchange_token, False, None),
+    "public/auth": _Entry(_public_auth, False, "auth"),
+    "public/fork_token": _Entry(_fork_token, False, "auth"),
+    "public/exchange_token": _Entry(_exchange_token, False, "auth"),
     "public/get_time": _Entry(_get_time, False, None),
     "public/test": _Entry(_test, False, None),
     "public/set_heartbeat": _Entry(_set_heartbeat, False, None),
