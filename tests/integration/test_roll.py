@@ -109,9 +109,15 @@ def test_a_roll_killed_at_a_boundary_waits_for_the_operator_and_resumes_exactly(
     _entry, resting = hold_long_with_a_working_order(parts)
 
     started = parts.cli("sessions", "roll", SESSION)
-    assert started.returncode == 0, started.stderr
-    assert f"{old} -> {new}" in started.stdout
+    # The strategy answers, then dies at once (like kill -9): on a loaded machine its answer can die
+    # with it, still queued in its socket. The operator is then told the outcome is unknown — also
+    # right. Either way the roll row is committed before the answer is sent.
+    if started.returncode == 0:
+        assert f"{old} -> {new}" in started.stdout
+    else:
+        assert "did not answer" in started.stderr and "outcome unknown" in started.stderr, started.stderr
     assert parts.strategy.wait(timeout=60) == CRASH_EXIT_CODE
+    assert parts.store.active_roll(SESSION) is not None
 
     # sessionguard would restart the group; the start finds the roll mid-way and refuses to guess.
     parts.strategy = parts.spawn("strategy", "strategy", "--session", SESSION)
