@@ -17,9 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from cryptography.fernet import Fernet
+from typing import TYPE_CHECKING, Any
 
 from brokers.auth import Token
 from brokers.base import BrokerFacade
@@ -32,7 +30,9 @@ from bus.errors import BusError
 from bus.logs import log
 from schema import messages as m
 from services.sessions import account_config
-from services.tokens.crypto import TokenKeyError, load_key, unseal
+
+if TYPE_CHECKING:  # ``cryptography`` costs ~8 MB per process: loaded only where tokens are used
+    from cryptography.fernet import Fernet
 
 CALL_TIMEOUT_S = 12.0
 """Longer than the tokens service's own wait for a refresh (``REJECTED_WAIT_S``)."""
@@ -99,6 +99,8 @@ class BusTokenSource:
         return reply
 
     def _adopt_locked(self, message: m.TokenIssued) -> tuple[Token, bool]:
+        from services.tokens.crypto import TokenKeyError, unseal
+
         if self._token is not None and message.version <= self._version:
             return self._token, False
         try:
@@ -143,6 +145,8 @@ def broker_facade(store: Any, account: str, *, endpoints: Endpoints, state_dir: 
     config = account_config(store, account)
     if not needs_tokens(config["broker"]):
         return build_facade(config)
+    from services.tokens.crypto import TokenKeyError, load_key
+
     try:
         key = load_key(state_dir)
     except TokenKeyError as exc:
