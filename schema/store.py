@@ -757,16 +757,18 @@ class Store:
 
     # ================================================================================ leases
 
-    def acquire_lease(self, name: str, owner: str, *, ttl_ns: int, now_ns: int) -> Lease | None:
+    def acquire_lease(self, name: str, owner: str, *, ttl_ns: int, now_ns: int,
+                      dead_owner: str | None = None) -> Lease | None:
         """Take the lease if it is free, expired or ours already; ``None`` if someone else holds it.
 
         The epoch grows whenever the owner changes (not on renewal). Two contenders can never both
-        win: the write is conditional on the version that was read.
+        win: the write is conditional on the version that was read. ``dead_owner``: as in
+        ``acquire_session_lease`` — a holder proven gone, whose unexpired lease may be taken now.
         """
 
         def attempt() -> Lease | None:
             with self._tx() as s:
-                return self._take_lease(s, name, owner, ttl_ns, now_ns)
+                return self._take_lease(s, name, owner, ttl_ns, now_ns, dead_owner=dead_owner)
 
         try:
             return self._retrying(f"acquire_lease {name}", attempt)

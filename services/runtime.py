@@ -166,6 +166,23 @@ def _checked_store(store_cls, url: str):
     return store
 
 
+def owner_is_dead(owner: str) -> bool:
+    """True only with proof: ``owner`` (``host:pid:name``, see ``ProcessShell.owner``) names a
+    process on this host that no longer exists. Another host, or a pid that is alive (even a
+    recycled one), is not proof."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _safe(text: str) -> str:
     """Exception text from drivers can embed a DSN; keep only the first line and no password."""
     first = text.splitlines()[0] if text else ""

@@ -12,8 +12,6 @@ ids are unique in the database).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from decimal import Decimal
 
@@ -38,7 +36,7 @@ from services.retry import Backoff
 from services.account.core import adds_risk
 from services.account import heat as heat_rules
 from services.rolls import is_roll_signal
-from services.runtime import ProcessShell, Stopping
+from services.runtime import ProcessShell, Stopping, owner_is_dead
 from services.session_state import escalate
 from services.testhooks import crash_point
 
@@ -558,23 +556,6 @@ class EquityCache:
             log(self._log, "heat_not_measured", level=logging.WARNING,
                 reason="the broker cannot tell the account's equity and [risk] equity is not configured")
         return self._configured
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only with proof: ``owner`` (``host:pid:name``, see ``ProcessShell.owner``) names a
-    process on this host that no longer exists. Another host, or a pid that is alive (even a
-    recycled one), is not proof."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _order_request(order: OrderState):

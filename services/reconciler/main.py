@@ -32,7 +32,7 @@ from services.account.core import WORKING, adoption_events
 from schema.errors import StoreUnavailable
 from services import operator
 from services.reconciler.core import compare
-from services.runtime import ProcessShell
+from services.runtime import ProcessShell, owner_is_dead
 
 RECHECKS = 3
 LEASE_INTERVALS = 3  # a session lease outlives this many reconcile intervals
@@ -84,9 +84,21 @@ class Reconciler:
         presence lease (renewed every round, same lifetime as the session leases) holds, so a dead
         worker's share returns to the others when its leases run out."""
         now = now_ns()
-        self.store.acquire_lease(f"{WORKER_LEASE_PREFIX}{self.worker:02d}", self.shell.owner, ttl_ns=ttl_ns, now_ns=now)
+        self._acquire(f"{WORKER_LEASE_PREFIX}{self.worker:02d}", ttl_ns, now)
         live = sum(1 for lease in self.store.leases(WORKER_LEASE_PREFIX) if lease.owner and lease.expires_ns > now)
         return max(1, -(-sessions // max(1, live)))
+
+    def _acquire(self, name: str, ttl_ns: int, now: int):  # -> schema.records.Lease | None
+        """Take ``name``; a holder proven dead (killed on this host: a restart after kill -9 finds
+        its own predecessor there) is not waited out — the epoch still grows and fences it."""
+        lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now)
+        if lease is None:
+            holder = getattr(self.store.get_lease(name), "owner", None)
+            if holder is not None and owner_is_dead(holder):
+                lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now, dead_owner=holder)
+                if lease is not None:
+                    log(self.log, "lease_taken_from_dead_process", lease=name, holder=holder, epoch=lease.epoch)
+        return lease
 
     def _serve_control(self, *, until: float) -> None:
         """Answer operator commands until the monotonic time ``until``."""
@@ -137,7 +149,7 @@ class Reconciler:
             if name not in mine and len(mine) >= quota:
                 continue  # a fair share held already: leave this one to another worker
             started_ns = now_ns()
-            lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=started_ns)
+            lease = self._acquire(name, ttl_ns, started_ns)
             if lease is None:
                 continue
             mine.add(name)
