@@ -5,6 +5,7 @@ tests/integration/test_schwab_dialect.py)."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -825,7 +826,11 @@ def test_a_refused_subscription_and_a_silent_streamer_are_errors() -> None:
     stream = streaming(FakeVenue(subs_code=19)).stream_bars(SYMBOL, "1m", after_index=None)
     with pytest.raises(Retryable, match="REACHED_SYMBOL_LIMIT"):
         take(stream, 1)
-    stream = streaming(FakeVenue([]), silence_s=0.01, keepalive_s=0.005).stream_bars(SYMBOL, "1m", after_index=None)
+    # A clock that moves 4 ms per look: the fake socket answers "nothing" at once, so on a fast
+    # machine the real clock could see thousands of keep-alives inside the 10 ms of allowed silence.
+    looks = itertools.count()
+    stream = streaming(FakeVenue([]), silence_s=0.01, keepalive_s=0.005,
+                       monotonic=lambda: next(looks) * 0.004).stream_bars(SYMBOL, "1m", after_index=None)
     with pytest.raises(Retryable, match="nothing heard"):
         take(stream, 1, max_items=10_000)
 
