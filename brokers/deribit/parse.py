@@ -27,6 +27,7 @@ from typing import Any
 from brokers.base import Bar, BrokerFill, BrokerOrder, BrokerPosition, OrderRequest
 from brokers.errors import NotSupported, UnknownSymbol
 from brokers.intervals import interval_ns
+from brokers.wire import decimal_of, int_of
 from schema.enums import OrderStatus, OrderType, Side, TimeInForce
 
 BROKER = "deribit"
@@ -62,22 +63,6 @@ RESOLUTIONS: Mapping[str, str] = MappingProxyType({
 
 
 # ---------------------------------------------------------------- small readers
-
-
-def decimal_of(value: Any) -> Decimal:
-    """A JSON number (int or Decimal) — or a numeric string — as a finite Decimal."""
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    result = Decimal(value)
-    if not result.is_finite():
-        raise ValueError("not a finite number")
-    return result
-
-
-def int_of(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
 
 
 def str_of(value: Any) -> str:

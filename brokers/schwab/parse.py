@@ -33,6 +33,8 @@ from brokers.errors import (
     UnexpectedResponse,
     redact,
 )
+from brokers.wire import decimal_of as _decimal
+from brokers.wire import int_of as _int
 
 BROKER = "schwab"
 
@@ -56,22 +58,6 @@ def _excerpt(data: Any) -> str:
         return json.dumps(data, default=str)
     except (TypeError, ValueError):
         return repr(data)
-
-
-def _decimal(value: Any, name: str) -> Decimal:
-    # Schwab sends JSON numbers; ints arrive as int, the rest as Decimal (parse_float=Decimal).
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    result = Decimal(value)
-    if not result.is_finite():
-        raise ValueError(f"{name}: not finite")
-    return result
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    return value
 
 
 def _text(value: Any, name: str) -> str:

@@ -38,6 +38,9 @@ from brokers.errors import (
 )
 from brokers.http import make_client, raise_for_status, translate_errors
 from brokers.symbols import CanonicalSymbolAdapter
+from brokers.wire import decimal_of as _decimal
+from brokers.wire import int_of as _int
+from brokers.wire import optional_decimal as _optional_decimal
 from schema.enums import OrderStatus, OrderType, Side
 
 BROKER = "sim"
@@ -50,25 +53,6 @@ FILLS_PAGE = 1000
 
 
 # ---------------------------------------------------------------- wire → domain
-
-
-def _decimal(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise TypeError(f"expected a decimal string, got {type(value).__name__}")
-    result = Decimal(value)
-    if not result.is_finite():
-        raise ValueError("not finite")
-    return result
-
-
-def _optional_decimal(value: Any) -> Decimal | None:
-    return None if value is None else _decimal(value)
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
 
 
 def parse_order(data: Any) -> BrokerOrder:

@@ -28,12 +28,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
 from brokers.base import Bar, BrokerFill, BrokerOrder, BrokerPosition, OrderRequest
 from brokers.intervals import interval_ns
+from brokers.wire import decimal_of
 from schema.enums import OrderStatus, OrderType, Side, TimeInForce
 
 # ---------------------------------------------------------------- client order ids
@@ -67,19 +68,6 @@ def _looks_hashed(value: str) -> bool:
 
 
 # ---------------------------------------------------------------- scalars
-
-
-def decimal_of(value: Any) -> Decimal:
-    """A JSON number or decimal string as ``Decimal``; booleans, floats and garbage refused."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise TypeError(f"expected a decimal, got {type(value).__name__}")
-    try:
-        result = Decimal(value.strip() if isinstance(value, str) else value)
-    except InvalidOperation:
-        raise ValueError(f"not a decimal: {str(value)[:30]!r}") from None
-    if not result.is_finite():
-        raise ValueError("not finite")
-    return result
 
 
 def optional_price(value: Any) -> Decimal | None:

@@ -18,6 +18,9 @@ from typing import Any
 from brokers.base import Bar, BrokerFill, BrokerOrder, BrokerPosition
 from brokers.errors import NotSupported
 from brokers.intervals import NS_PER_SECOND, interval_ns
+from brokers.wire import decimal_of as decimal
+from brokers.wire import int_of as integer
+from brokers.wire import optional_decimal
 from schema.enums import OrderStatus, OrderType, Side, TimeInForce
 
 BROKER = "tradovate"
@@ -52,26 +55,6 @@ def decode_json(raw: bytes | str) -> Any:
 
 
 # ---------------------------------------------------------------- scalars
-
-
-def decimal(value: Any) -> Decimal:
-    """A JSON number (int or Decimal) or a decimal string; never a bool or a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    result = Decimal(value)
-    if not result.is_finite():
-        raise ValueError("not finite")
-    return result
-
-
-def optional_decimal(value: Any) -> Decimal | None:
-    return None if value is None else decimal(value)
-
-
-def integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
 
 
 def text(value: Any) -> str:
