@@ -165,7 +165,11 @@ class Store:
     def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        self._read = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        # A read transaction is one snapshot on every backend: SQLite's explicit BEGIN gives that
+        # already; PostgreSQL's default (READ COMMITTED) gives each *statement* its own, so a
+        # read of orders and then of their events could straddle a commit and see them disagree.
+        # psycopg applies the level in its BEGIN: no extra round trip.
+        self._read = sessionmaker(_snapshot_reads(engine), expire_on_commit=False, autoflush=False)
         self._write = sessionmaker(write_engine(engine), expire_on_commit=False, autoflush=False)
         self._can_defer_flush = engine.dialect.name == "postgresql"
 
@@ -1285,6 +1289,12 @@ class Store:
 
 
 # ==================================================================================== row <-> domain
+
+
+def _snapshot_reads(engine: Engine) -> Engine:
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine
 
 
 def _session_row(s: Session, name: str) -> SessionRow:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from decimal import Decimal as D
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from schema.enums import OrderStatus, RollPhase, SessionState
 from schema.errors import (
@@ -407,3 +408,28 @@ def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> 
         assert deferred == [False, True, True]
     else:
         assert deferred == [False, False, False]  # SQLite has no per-transaction flush setting
+
+
+def test_verify_orders_reads_rows_and_events_from_one_snapshot(store: Store, db_url: str) -> None:
+    """A fill committed between verify's read of the order rows and its read of their events must
+    not show as a mismatch: both reads belong to one snapshot (PostgreSQL's default isolation
+    gives each statement its own)."""
+    add_session(store)
+    order, _ = create(store)
+    cid = order.client_order_id
+    store.apply_order_events(cid, [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")])
+    committed: list[object] = []
+
+    def fill_after_the_orders_read(_conn, _cursor, statement: str, *_args) -> None:
+        if not committed and "FROM orders" in statement:
+            with Store.from_url(db_url) as other:
+                committed.append(fill(other, "F-mid", cid, "buy", 3, "4500.25"))
+
+    sa_event.listen(store.engine, "after_cursor_execute", fill_after_the_orders_read)
+    try:
+        assert store.verify_orders() == []
+    finally:
+        sa_event.remove(store.engine, "after_cursor_execute", fill_after_the_orders_read)
+    assert committed, "the concurrent fill never ran: the test proved nothing"
+    assert store.get_order(cid).status is OrderStatus.FILLED
+    assert store.verify_orders() == []
