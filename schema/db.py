@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
+
+if TYPE_CHECKING:  # alembic is imported where it is used: running processes never migrate (11 MB each)
+    from alembic.config import Config
 
 log = logging.getLogger("tradebus.schema.db")
 
@@ -122,12 +121,16 @@ def _sqlite_on_begin(connection: sa.Connection) -> None:
 
 def alembic_config() -> Config:
     """Alembic's configuration, built in code: no ``alembic.ini`` is needed on disk."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -137,6 +140,9 @@ def migrate(url: str | URL, revision: str = "head") -> str | None:
     Safe to call on every start: an up-to-date database is left alone. Concurrent callers are
     serialised (an advisory lock on PostgreSQL, the write lock on SQLite).
     """
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     engine = make_engine(url)
     try:
         with write_engine(engine).begin() as connection:
@@ -159,6 +165,8 @@ def migrate(url: str | URL, revision: str = "head") -> str | None:
 
 def current_revision(url: str | URL) -> str | None:
     """The revision the database at ``url`` is at (``None``: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
