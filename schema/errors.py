@@ -59,6 +59,10 @@ class DuplicateClientOrderId(StoreError):
     """A client order id exists already with different terms: a signal number was reused."""
 
 
+class NotAdmitted(StoreError):
+    """``create_order``'s admission check refused a new order: nothing was written."""
+
+
 class FencedOut(StoreError):
     """The writer's lease epoch is older than the session's: a newer copy of it owns the session."""
 

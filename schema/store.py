@@ -52,6 +52,7 @@ from schema.errors import (
     FencedOut,
     IllegalTransition,
     JobNotFound,
+    NotAdmitted,
     OrderNotFound,
     SessionBusy,
     SessionExists,
@@ -387,14 +388,45 @@ class Store:
         epoch: int,
         now_ns: int,
         bracket_group: str | None = None,
+        admit: Callable[[RiskView], str | None] | None = None,
     ) -> tuple[OrderState, bool]:
         """Write an order ahead of sending it: the ``pending_submit`` row and its ``created`` event,
         in one transaction. Returns (order, True), or (the existing order, False) if this
         (session, signal) was written before with the same terms. Raises ``FencedOut`` if
         ``epoch`` is older than the session's lease epoch, ``DuplicateClientOrderId`` if the
-        signal was used before for different terms."""
+        signal was used before for different terms.
 
-        def attempt() -> tuple[OrderState, bool]:
+        ``admit``: for a new order, called in the same transaction with the session's
+        ``RiskView`` as it stands without the order (``create_order_with_view`` hands that view
+        back); a reason it returns raises ``NotAdmitted`` and nothing is written."""
+        order, created, _view = self.create_order_with_view(
+            session_name, signal=signal, symbol=symbol, side=side, order_type=order_type, quantity=quantity,
+            limit_price=limit_price, stop_price=stop_price, time_in_force=time_in_force, epoch=epoch,
+            now_ns=now_ns, bracket_group=bracket_group, admit=admit)
+        return order, created
+
+    def create_order_with_view(
+        self,
+        session_name: str,
+        *,
+        signal: int,
+        symbol: str,
+        side: Side | str,
+        order_type: OrderType | str,
+        quantity: Decimal | int | str,
+        limit_price: Decimal | int | str | None,
+        stop_price: Decimal | int | str | None,
+        time_in_force: TimeInForce | str,
+        epoch: int,
+        now_ns: int,
+        bracket_group: str | None = None,
+        admit: Callable[[RiskView], str | None] | None = None,
+    ) -> tuple[OrderState, bool, RiskView | None]:
+        """``create_order``, also returning the ``RiskView`` read in its transaction for a new
+        order (``None`` when the order existed): the account's checks after the write-ahead then
+        cost no transaction of their own."""
+
+        def attempt() -> tuple[OrderState, bool, RiskView | None]:
             with self._tx() as s:
                 session_row = _session_row(s, session_name)
                 _check_epoch(session_row, epoch, "create_order")
@@ -422,14 +454,17 @@ class Store:
                         raise DuplicateClientOrderId(
                             f"{cid} exists with other terms (signal {signal} reused?)"
                         )
-                    return known, False
+                    return known, False, None
+                view = _risk_view(s, session_row)
+                if admit is not None and (reason := admit(view)) is not None:
+                    raise NotAdmitted(reason)
                 row = OrderRow()
                 _write_order(row, state)
                 s.add(row)
                 s.flush()
                 self._append(s, order_aggregate(cid), event.kind.value, dict(event.data), event.ts_ns,
                              version=state.version)
-                return state, True
+                return state, True, view
 
         for last in (False, True):
             try:
@@ -479,7 +514,10 @@ class Store:
                 row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                 if row is None:
                     raise OrderNotFound(client_order_id)
-                return [self._apply(s, client_order_id, event, epoch=epoch, row=row) for event in events]
+                # The epoch once for all of them: they are one transaction, so one look at the
+                # session row fences them all (each look was a round trip of its own).
+                return [self._apply(s, client_order_id, event, epoch=epoch if i == 0 else None, row=row)
+                        for i, event in enumerate(events)]
 
         return self._retrying(f"apply_order_events {client_order_id}", attempt)
 
@@ -522,16 +560,7 @@ class Store:
         transaction: the account's checks before an order goes out see one consistent snapshot
         and cost one round of the database instead of five."""
         with self._tx(write=False) as s:
-            row = _session_row(s, session)
-            orders = s.scalars(sa.select(OrderRow).where(
-                OrderRow.session == session, OrderRow.status.in_(_OPEN_STATUSES))
-                .order_by(OrderRow.id))
-            positions = s.scalars(sa.select(PositionRow).where(PositionRow.session == session)
-                                  .order_by(PositionRow.symbol))
-            roll = _active_roll_row(s, session)
-            return RiskView(session=_session_info(row), open_orders=tuple(_order_state(o) for o in orders),
-                            positions=tuple(_position_info(p) for p in positions),
-                            roll=None if roll is None else _roll(roll))
+            return _risk_view(s, _session_row(s, session))
 
     def open_orders(self, session: str) -> list[OrderState]:
         """The session's orders that are not terminal (working, or waiting to be resolved)."""
@@ -1302,6 +1331,18 @@ def _session_row(s: Session, name: str) -> SessionRow:
     if row is None:
         raise SessionNotFound(name)
     return row
+
+
+def _risk_view(s: Session, session_row: SessionRow) -> RiskView:
+    session = session_row.name
+    orders = s.scalars(sa.select(OrderRow).where(OrderRow.session == session, OrderRow.status.in_(_OPEN_STATUSES))
+                       .order_by(OrderRow.id))
+    open_orders = tuple(_order_state(o) for o in orders)
+    positions = s.scalars(sa.select(PositionRow).where(PositionRow.session == session).order_by(PositionRow.symbol))
+    held = tuple(_position_info(p) for p in positions)
+    roll = _active_roll_row(s, session)
+    return RiskView(session=_session_info(session_row), open_orders=open_orders, positions=held,
+                    roll=None if roll is None else _roll(roll))
 
 
 def _position_row(s: Session, session: str, symbol: str) -> PositionRow | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 
@@ -26,7 +27,7 @@ from bus.envelope import now_ns
 from bus.logs import log
 from schema import messages as m
 from schema.enums import HeatState, OrderStatus, SessionState, UNRESOLVED_ORDER_STATUSES
-from schema.errors import StoreUnavailable
+from schema.errors import NotAdmitted, StoreUnavailable
 from schema.records import RiskView
 from schema import order_fsm
 from schema.order_fsm import IllegalTransition, OrderEvent, OrderEventKind, OrderState
@@ -171,10 +172,10 @@ class AccountService:
             if body.session != self.session.name:
                 return m.ErrorReply(code="wrong_session",
                                     message=f"this is account.{self.session.name}, not {body.session}")
-            view = self.store.risk_view(self.session.name)  # one read for every check of this order
-            if (refusal := self._untradable(body, view)) is not None:
-                return m.ErrorReply(code="unknown_symbol", message=refusal)
-            return m.OrderReply(order=order_message(self.submit(body, view)))
+            try:
+                return m.OrderReply(order=order_message(self.submit(body)))
+            except NotAdmitted as exc:
+                return m.ErrorReply(code="unknown_symbol", message=str(exc))
         if isinstance(body, m.CancelOrder):
             order = self.store.find_order(body.client_order_id)
             if body.session != self.session.name or (order is not None and order.session != self.session.name):
@@ -187,19 +188,21 @@ class AccountService:
             return self.snapshot()
         return m.ErrorReply(code="unsupported", message=f"account service does not handle {body.TYPE!r}")
 
-    def _untradable(self, request: m.SubmitOrder, view: RiskView) -> str | None:
-        """Why a new order's symbol is not this session's to trade, or None. Checked before the
-        write-ahead: a symbol the broker cannot take would leave a ``pending_submit`` row that no
-        broker answer ever settles. A signal written before is answered from its row, as always."""
-        session, roll = view.session, view.roll
-        tradable = {session.contract}
-        if roll is not None:
-            tradable |= {roll.from_contract, roll.to_contract}
-        if request.symbol in tradable:
-            return None
-        if self.store.find_order(self.store.client_order_id_for(session, request.signal)) is not None:
-            return None
-        return f"session {self.session.name} trades {', '.join(sorted(tradable))}, not {request.symbol[:40]!r}"
+    def _untradable(self, request: m.SubmitOrder) -> Callable[[RiskView], str | None]:
+        """The write-ahead's admission check: why a *new* order's symbol is not this session's to
+        trade, or None. Checked inside the write-ahead transaction, before the row: a symbol the
+        broker cannot take would leave a ``pending_submit`` row that no broker answer ever
+        settles. (A signal written before never reaches it: it is answered from its row.)"""
+
+        def check(view: RiskView) -> str | None:
+            tradable = {view.session.contract}
+            if view.roll is not None:
+                tradable |= {view.roll.from_contract, view.roll.to_contract}
+            if request.symbol in tradable:
+                return None
+            return f"session {self.session.name} trades {', '.join(sorted(tradable))}, not {request.symbol[:40]!r}"
+
+        return check
 
     def snapshot(self) -> m.AccountSnapshot:
         contract = self.store.get_session(self.session.name).contract  # a roll changes it
@@ -210,9 +213,12 @@ class AccountService:
 
     # ------------------------------------------------------------------ orders
 
-    def submit(self, request: m.SubmitOrder, view: RiskView | None = None) -> OrderState:
-        """``view``: the session as read just before (saves reading it again for the checks)."""
-        order, created = self.store.create_order(
+    def submit(self, request: m.SubmitOrder) -> OrderState:
+        """Write the order ahead, check it, send it. The symbol check and the session's risk view
+        for the checks after the write are read in the write-ahead's own transaction: one
+        transaction before the broker is asked, not two. Raises ``NotAdmitted`` (nothing
+        written) for a symbol the session does not trade."""
+        order, created, view = self.store.create_order_with_view(
             self.session.name,
             signal=request.signal,
             symbol=request.symbol,
@@ -224,6 +230,7 @@ class AccountService:
             time_in_force=request.time_in_force,
             epoch=self.epoch,
             now_ns=now_ns(),
+            admit=self._untradable(request),
         )
         if created:
             log(self.log, "order_written", client_order_id=order.client_order_id, signal=request.signal)

@@ -22,7 +22,7 @@ from services.tree import prepare_root
 
 from bus.client import BusClient
 from bus.endpoints import Endpoints
-from bus.errors import BusError
+from bus.errors import BusError, RemoteError
 from schema import messages as m
 from schema.errors import FencedOut
 from schema.store import Store
@@ -80,9 +80,10 @@ class Parts:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def submit(self, signal_no: int, side: str = "buy", qty: str = "1", timeout_s: float = 10) -> m.Message:
+    def submit(self, signal_no: int, side: str = "buy", qty: str = "1", timeout_s: float = 10,
+               symbol: str | None = None) -> m.Message:
         return self.rpc.call(f"account.{SESSION}", m.SubmitOrder(
-            session=SESSION, signal=signal_no, symbol=self.session.contract, side=side, order_type="market",
+            session=SESSION, signal=signal_no, symbol=symbol or self.session.contract, side=side, order_type="market",
             quantity=Decimal(qty)), timeout_s=timeout_s)
 
     def submit_expecting_no_answer(self, signal_no: int) -> None:
@@ -270,3 +271,19 @@ def test_a_halted_session_sends_only_risk_reducing_orders(parts: Parts) -> None:
     subprocess.run([str(BIN / "tradebus"), "sessions", "resume", SESSION], env=parts.env, check=True,
                    capture_output=True)
     assert parts.submit(4, side="buy", qty="1").order.status in ("accepted", "filled")
+
+
+def test_an_order_for_a_symbol_the_session_does_not_trade_is_refused_and_never_written(parts: Parts) -> None:
+    parts.start_account()
+    with pytest.raises(RemoteError) as refused:
+        parts.submit(1, symbol="NQZ9")
+    assert refused.value.code == "unknown_symbol"
+    assert parts.session.contract in refused.value.message and "NQZ9" in refused.value.message
+    assert parts.store.find_order(parts.cid(1)) is None and parts.submissions(parts.cid(1)) == 0
+    # The signal was not used up: the same one for the session's own contract goes out.
+    assert parts.submit(1).order.status in ("accepted", "filled")
+    assert parts.submissions(parts.cid(1)) == 1
+    # A retry of it is answered from its row, not sent again.
+    again = parts.submit(1)
+    assert isinstance(again, m.OrderReply) and again.order.client_order_id == parts.cid(1)
+    assert parts.submissions(parts.cid(1)) == 1

@@ -13,6 +13,7 @@ from schema.errors import (
     DuplicateClientOrderId,
     FencedOut,
     IllegalTransition,
+    NotAdmitted,
     OrderNotFound,
     Overfill,
     SessionBusy,
@@ -432,4 +433,30 @@ def test_verify_orders_reads_rows_and_events_from_one_snapshot(store: Store, db_
         sa_event.remove(store.engine, "after_cursor_execute", fill_after_the_orders_read)
     assert committed, "the concurrent fill never ran: the test proved nothing"
     assert store.get_order(cid).status is OrderStatus.FILLED
+    assert store.verify_orders() == []
+
+
+def test_the_write_ahead_admits_on_a_view_read_in_its_own_transaction(store: Store) -> None:
+    add_session(store)
+    first, _ = create(store)
+    seen = []
+
+    def admit(view):
+        seen.append(view)
+        return None if view.session.contract == CONTRACT else "wrong contract"
+
+    order, created, view = store.create_order_with_view("es1", signal=2, symbol=CONTRACT, side="sell",
+                                                        order_type="market", quantity=D(1), limit_price=None,
+                                                        stop_price=None, time_in_force="day", epoch=0, now_ns=20,
+                                                        admit=admit)
+    assert created and seen == [view]
+    assert [o.client_order_id for o in view.open_orders] == [first.client_order_id]  # without the new one
+    assert view.session == store.get_session("es1") and view.positions == () and view.roll is None
+    again, created_again, no_view = store.create_order_with_view(
+        "es1", signal=2, symbol=CONTRACT, side="sell", order_type="market", quantity=D(1), limit_price=None,
+        stop_price=None, time_in_force="day", epoch=0, now_ns=21, admit=lambda _v: "never asked")
+    assert (again, created_again, no_view) == (order, False, None)
+    with pytest.raises(NotAdmitted, match="not today"):
+        create(store, signal=3, admit=lambda _v: "not today")
+    assert store.find_order(Store.client_order_id_for(store.get_session("es1"), 3)) is None
     assert store.verify_orders() == []
