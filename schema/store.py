@@ -373,36 +373,9 @@ class Store:
         """
         return CLIENT_ORDER_ID_SEPARATOR.join((session.name, str(session.id), str(int(signal))))
 
-    def create_order(
-        self,
-        session_name: str,
-        *,
-        signal: int,
-        symbol: str,
-        side: Side | str,
-        order_type: OrderType | str,
-        quantity: Decimal | int | str,
-        limit_price: Decimal | int | str | None,
-        stop_price: Decimal | int | str | None,
-        time_in_force: TimeInForce | str,
-        epoch: int,
-        now_ns: int,
-        bracket_group: str | None = None,
-        admit: Callable[[RiskView], str | None] | None = None,
-    ) -> tuple[OrderState, bool]:
-        """Write an order ahead of sending it: the ``pending_submit`` row and its ``created`` event,
-        in one transaction. Returns (order, True), or (the existing order, False) if this
-        (session, signal) was written before with the same terms. Raises ``FencedOut`` if
-        ``epoch`` is older than the session's lease epoch, ``DuplicateClientOrderId`` if the
-        signal was used before for different terms.
-
-        ``admit``: for a new order, called in the same transaction with the session's
-        ``RiskView`` as it stands without the order (``create_order_with_view`` hands that view
-        back); a reason it returns raises ``NotAdmitted`` and nothing is written."""
-        order, created, _view = self.create_order_with_view(
-            session_name, signal=signal, symbol=symbol, side=side, order_type=order_type, quantity=quantity,
-            limit_price=limit_price, stop_price=stop_price, time_in_force=time_in_force, epoch=epoch,
-            now_ns=now_ns, bracket_group=bracket_group, admit=admit)
+    def create_order(self, session_name: str, **terms: Any) -> tuple[OrderState, bool]:
+        """``create_order_with_view`` (same keywords) without the view: (order, created)."""
+        order, created, _view = self.create_order_with_view(session_name, **terms)
         return order, created
 
     def create_order_with_view(
@@ -422,9 +395,16 @@ class Store:
         bracket_group: str | None = None,
         admit: Callable[[RiskView], str | None] | None = None,
     ) -> tuple[OrderState, bool, RiskView | None]:
-        """``create_order``, also returning the ``RiskView`` read in its transaction for a new
-        order (``None`` when the order existed): the account's checks after the write-ahead then
-        cost no transaction of their own."""
+        """Write an order ahead of sending it: the ``pending_submit`` row and its ``created`` event,
+        in one transaction. Returns (order, True, view), or (the existing order, False, None) if
+        this (session, signal) was written before with the same terms. Raises ``FencedOut`` if
+        ``epoch`` is older than the session's lease epoch, ``DuplicateClientOrderId`` if the
+        signal was used before for different terms.
+
+        ``view``: the session's ``RiskView`` read in the same transaction, as it stands without the
+        new order: the account's checks after the write-ahead cost no transaction of their own.
+        ``admit``, for a new order, is called with that view before anything is written; a reason
+        it returns raises ``NotAdmitted`` and nothing is written."""
 
         def attempt() -> tuple[OrderState, bool, RiskView | None]:
             with self._tx() as s:
