@@ -473,7 +473,7 @@ class Store:
 
         def attempt() -> OrderState:
             with self._tx() as s:
-                state = self._apply(s, client_order_id, event, epoch=epoch, expected_version=expected_version)
+                [state] = self._apply(s, client_order_id, [event], epoch=epoch, expected_version=expected_version)
                 return state
 
         if expected_version is not None:
@@ -494,10 +494,7 @@ class Store:
                 row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                 if row is None:
                     raise OrderNotFound(client_order_id)
-                # The epoch once for all of them: they are one transaction, so one look at the
-                # session row fences them all (each look was a round trip of its own).
-                return [self._apply(s, client_order_id, event, epoch=epoch if i == 0 else None, row=row)
-                        for i, event in enumerate(events)]
+                return self._apply(s, client_order_id, events, epoch=epoch, row=row)
 
         return self._retrying(f"apply_order_events {client_order_id}", attempt)
 
@@ -639,11 +636,11 @@ class Store:
                             raise ValueError(
                                 f"fill {broker_fill_id} is a {fill_side} but order {client_order_id} is a {order_row.side}"
                             )
-                        order = self._apply(
+                        [order] = self._apply(
                             s,
                             client_order_id,
-                            OrderEvent.fill(ts_ns, broker_fill_id=broker_fill_id, quantity=fill_quantity,
-                                            price=fill_price),
+                            [OrderEvent.fill(ts_ns, broker_fill_id=broker_fill_id, quantity=fill_quantity,
+                                             price=fill_price)],
                             row=order_row,
                         )
                 position = self._move_position(
@@ -1189,12 +1186,15 @@ class Store:
         self,
         s: Session,
         client_order_id: str,
-        event: OrderEvent,
+        events: Sequence[OrderEvent],
         *,
         epoch: int | None = None,
         expected_version: int | None = None,
         row: OrderRow | None = None,
-    ) -> OrderState:
+    ) -> list[OrderState]:
+        """Apply ``events`` in order: the states after each. The row is written once, with the
+        last state (one ``UPDATE ... WHERE version = <read>``), and the events in one insert:
+        events learned together cost one round trip each way, not one per event."""
         if row is None:
             row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
             if row is None:
@@ -1205,12 +1205,17 @@ class Store:
             session_row = s.scalar(sa.select(SessionRow).where(SessionRow.name == row.session))
             if session_row is not None:  # a removed session has no lease holder to defer to
                 _check_epoch(session_row, epoch, f"order event on {client_order_id}")
-        state = order_fsm.apply(_order_state(row), event)
+        states: list[OrderState] = []
+        state = _order_state(row)
+        for event in events:
+            state = order_fsm.apply(state, event)
+            states.append(state)
         _write_order(row, state)
+        aggregate = order_aggregate(client_order_id)
+        s.add_all([EventRow(aggregate=aggregate, aggregate_version=after.version, kind=event.kind.value,
+                            data=dict(event.data), ts_ns=event.ts_ns) for event, after in zip(events, states)])
         s.flush()
-        self._append(s, order_aggregate(client_order_id), event.kind.value, dict(event.data), event.ts_ns,
-                     version=state.version)
-        return state
+        return states
 
     def _move_position(
         self,
