@@ -743,10 +743,13 @@ class Store:
 
         def attempt() -> StrategySnapshot:
             with self._tx(durable=durable) as s:
-                session_row = _session_row(s, session)
-                if epoch is not None:
-                    _check_epoch(session_row, epoch, "save_strategy_state")
                 row = s.get(StrategyStateRow, session)
+                # A state row implies its session (the foreign key cascades a removal): the
+                # session row is read only to fence (``epoch``) or before the first snapshot.
+                if epoch is not None or row is None:
+                    session_row = _session_row(s, session)
+                    if epoch is not None:
+                        _check_epoch(session_row, epoch, "save_strategy_state")
                 current = 0 if row is None else row.version
                 if expected_version is not None and current != expected_version:
                     raise ConcurrentUpdate(

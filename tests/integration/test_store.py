@@ -357,6 +357,12 @@ def test_strategy_state_round_trips(store: Store) -> None:
     with pytest.raises(ConcurrentUpdate):
         store.save_strategy_state("es1", {"n": 3}, [], 9, expected_version=1)
     assert store.load_strategy_state("es1").state == {"n": 2}
+    with pytest.raises(SessionNotFound):
+        store.save_strategy_state("nope", {"n": 1}, [], 10)  # the first snapshot checks the session
+    store.remove_session("es1", now_ns=11)
+    assert store.load_strategy_state("es1") is None  # removed with its session: no orphan to update
+    with pytest.raises(SessionNotFound):
+        store.save_strategy_state("es1", {"n": 4}, [], 12)
 
 
 def test_broker_accounts_hold_no_secrets(store: Store) -> None:
