@@ -595,9 +595,14 @@ class Store:
         price: Decimal | int | str,
         ts_ns: int,
         now_ns: int,
+        durable: bool = True,
     ) -> FillResult | None:
         """Book one broker fill, once: the fill row, the order's ``fill`` event (if the order is
         ours) and the position with its event, in one transaction.
+
+        ``durable=False`` (see ``_tx``): for a fill fetched from the broker behind a cursor that
+        is saved durably afterwards. A server crash can lose only a suffix of the log: a lost
+        fill takes the later cursor with it, and the broker hands the fill over again.
 
         Returns ``None`` (and changes nothing) if ``broker_fill_id`` was booked before. If the order
         cannot take the fill (``IllegalTransition``, ``Overfill``) nothing is booked and the error
@@ -611,7 +616,7 @@ class Store:
             raise ValueError(f"fill quantity must be positive, got {fill_quantity}")
 
         def attempt() -> FillResult | None:
-            with self._tx() as s:
+            with self._tx(durable=durable) as s:
                 if s.scalar(sa.select(FillRow.id).where(FillRow.broker_fill_id == broker_fill_id)) is not None:
                     return None
                 _session_row(s, session_name)

@@ -128,7 +128,7 @@ class AccountService:
                     self.shell.outage.up()  # the renewal always reaches the database
                 if now >= next_fills:
                     next_fills = now + FILL_POLL_S
-                    self.poll_fills()
+                    self.poll_fills(serve_between=True)
                 if now >= next_resolve:
                     next_resolve = now + RESOLVE_EVERY_S
                     self.resolve_unknown()
@@ -461,7 +461,10 @@ class AccountService:
         for order in self.store.orders(self.session.name, statuses=[OrderStatus.UNKNOWN, OrderStatus.PENDING_SUBMIT]):
             self._settle(order)
 
-    def poll_fills(self) -> None:
+    def poll_fills(self, *, serve_between: bool = False) -> None:
+        """Book the fills the broker reports after the watermark, then move the watermark.
+        ``serve_between`` (the serving loop): answer waiting requests after each fill; not at
+        start, where every fill missed while down is booked before anything is served."""
         # The account is the only writer of its session's watermark: kept in memory after start,
         # so the 5-per-second poll costs no database read.
         try:
@@ -485,6 +488,7 @@ class AccountService:
                 price=fill.price,
                 ts_ns=fill.ts_ns,
                 now_ns=now_ns(),
+                durable=False,  # the cursor, saved durably below, flushes it; lost, it is fetched again
             )
             if result is None:
                 continue  # already in the ledger
@@ -500,6 +504,11 @@ class AccountService:
             self._publish(topics.position(self.session.name), m.PositionChanged(
                 session=self.session.name, symbol=result.position.symbol, quantity=result.position.quantity,
                 average_price=result.position.average_price, reason=f"fill {fill.broker_fill_id}"))
+            if serve_between:
+                # A strategy's order that came in meanwhile goes first: it would otherwise wait
+                # behind every fill of the batch (each one a transaction), and the fill a bar made
+                # is often booked just as that bar's order arrives.
+                self._serve_pending()
         if booked:
             crash_point("account.before_fill_cursor")
         if cursor != self.fill_cursor and cursor is not None:

@@ -406,15 +406,22 @@ def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> 
         seen.clear()
         store.save_strategy_state(session.name, {"n": 1}, [], 30, durable=False)
         snapshot = list(seen)
+        seen.clear()
+        booked = store.record_fill(session.name, broker_fill_id="F-deferred", client_order_id=order.client_order_id,
+                                   symbol=CONTRACT, side="buy", quantity=D(3), price=D("4500.25"), ts_ns=40,
+                                   now_ns=41, durable=False)
+        fill = list(seen)
     finally:
         event.remove(store._engine, "before_cursor_execute", capture)
-    assert states[-1].status == "accepted" and store.get_order(order.client_order_id).status == "accepted"
+    assert states[-1].status == "accepted"
     assert store.load_strategy_state(session.name).state == {"n": 1}
-    deferred = [any("synchronous_commit" in s for s in statements) for statements in (write_ahead, ack, snapshot)]
+    assert booked is not None and booked.order.status == "filled" and store.verify_orders() == []
+    deferred = [any("synchronous_commit" in s for s in statements)
+                for statements in (write_ahead, ack, snapshot, fill)]
     if store._engine.dialect.name == "postgresql":
-        assert deferred == [False, True, True]
+        assert deferred == [False, True, True, True]
     else:
-        assert deferred == [False, False, False]  # SQLite has no per-transaction flush setting
+        assert deferred == [False, False, False, False]  # SQLite has no per-transaction flush setting
 
 
 def test_verify_orders_reads_rows_and_events_from_one_snapshot(store: Store, db_url: str) -> None:
