@@ -473,3 +473,35 @@ def test_the_write_ahead_admits_on_a_view_read_in_its_own_transaction(store: Sto
         create(store, signal=3, admit=lambda _v: "not today")
     assert store.find_order(Store.client_order_id_for(store.get_session("es1"), 3)) is None
     assert store.verify_orders() == []
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_on_the_server_is_pinged_away_after_idling_and_costs_one_request_if_fresh(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle pooled connection is pinged on checkout and replaced if dead (no failed request);
+    one used a moment ago is not pinged, so a server-side kill costs the one request that meets
+    it (``StoreUnavailable``) and the next is served on a fresh connection."""
+    import sqlalchemy as sa
+
+    from schema import db
+    from schema.errors import StoreUnavailable
+
+    migrate(pg_url)
+    with Store.from_url(pg_url) as store, sa.create_engine(pg_url, isolation_level="AUTOCOMMIT").connect() as admin:
+        add_session(store)
+
+        def kill_pooled_connection() -> None:
+            with store.engine.connect() as conn:
+                pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            assert store.engine.pool.checkedin() == 1, "the store's one pooled connection"
+            assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout counts as after idling
+        kill_pooled_connection()
+        assert store.get_session("es1").name == "es1"
+
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # every checkout counts as fresh
+        kill_pooled_connection()
+        with pytest.raises(StoreUnavailable):
+            store.get_session("es1")
+        assert store.get_session("es1").name == "es1"
