@@ -59,6 +59,8 @@ PG_CONNECT_ARGS = {
     # Our transactions last milliseconds; these only ever end orphans and unbounded waits.
     "options": "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=5000",
 }
+DEFERRED_PG_OPTIONS = PG_CONNECT_ARGS["options"] + " -c synchronous_commit=off"
+"""Connection options for transactions that need not wait for their WAL flush (``Store._tx``)."""
 
 
 def safe_url(url: str | URL) -> str:

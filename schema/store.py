@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from schema import order_fsm, session_fsm
-from schema.db import make_engine, safe_url, write_engine
+from schema.db import DEFERRED_PG_OPTIONS, make_engine, safe_url, write_engine
 from schema.decimals import ZERO, money_str, optional_money, to_money
 from schema.enums import (
     TERMINAL_ORDER_STATUSES,
@@ -134,7 +134,6 @@ ROLL_PHASE_ORDER = (
 )
 # Keys a broker account's stored config may not have: secrets come from the environment.
 _SECRET_KEY = re.compile(r"(^|_)(password|passphrase|secret|private_key|api_key|access_token|refresh_token)$")
-_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _PG_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 _OPEN_STATUSES = tuple(status.value for status in OrderStatus if status not in TERMINAL_ORDER_STATUSES)
 
@@ -173,6 +172,15 @@ class Store:
         self._read = sessionmaker(_snapshot_reads(engine), expire_on_commit=False, autoflush=False)
         self._write = sessionmaker(write_engine(engine), expire_on_commit=False, autoflush=False)
         self._can_defer_flush = engine.dialect.name == "postgresql"
+        # Writes that need not wait for their WAL flush (``_tx(durable=False)``) go through a pool
+        # of their own whose connections have ``synchronous_commit = off`` (none is opened until
+        # one is used): a ``SET LOCAL`` in each such transaction was one more round trip on the
+        # order path, where four of the five commits per order are deferred.
+        self._deferred_engine: Engine | None = None
+        self._deferred = self._write
+        if self._can_defer_flush:
+            self._deferred_engine = make_engine(engine.url, connect_args={"options": DEFERRED_PG_OPTIONS})
+            self._deferred = sessionmaker(self._deferred_engine, expire_on_commit=False, autoflush=False)
 
     @classmethod
     def from_url(cls, url: str | URL, **engine_kwargs: Any) -> Store:
@@ -184,6 +192,8 @@ class Store:
         return self._engine
 
     def close(self) -> None:
+        if self._deferred_engine is not None:
+            self._deferred_engine.dispose()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -1149,16 +1159,14 @@ class Store:
         """One transaction; driver errors leave as named errors.
 
         ``durable=False`` (PostgreSQL): the commit returns once the transaction is visible to every
-        reader, without waiting for its WAL flush (``synchronous_commit = off`` for this transaction
-        only; the server flushes it within a few hundred milliseconds). Only for writes that can be
+        reader, without waiting for its WAL flush (a connection with ``synchronous_commit = off``;
+        the server flushes it within a few hundred milliseconds). Only for writes that can be
         lost in a *server* crash without harm: what the broker or the bars can tell again (an
         acknowledgement, a strategy's indicators). Never for a write-ahead record. A later durable
         commit flushes every earlier one with it: the WAL is one sequence."""
-        maker = self._write if write else self._read
+        maker = (self._write if durable else self._deferred) if write else self._read
         try:
             with maker() as session, session.begin():
-                if not durable and self._can_defer_flush:
-                    session.execute(_ASYNC_COMMIT)
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"lost an optimistic-locking race: {exc}") from exc

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from decimal import Decimal as D
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from schema.enums import OrderStatus, RollPhase, SessionState
@@ -384,44 +385,46 @@ def test_tokens_are_stored_as_ciphertext_only(store: Store) -> None:
 
 
 def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> None:
-    """An acknowledgement and a strategy snapshot commit without waiting for the disk on PostgreSQL
-    (``synchronous_commit`` off for that transaction alone); the write-ahead order row waits."""
-    from sqlalchemy import event
-
+    """An acknowledgement, a strategy snapshot and a fill fetched behind a cursor commit without
+    waiting for the disk on PostgreSQL (on connections whose ``synchronous_commit`` is off); the
+    write-ahead order row waits. Each transaction's setting is read on its own connection."""
     session = add_session(store)
-    seen: list[str] = []
+    flush_setting: list[str] = []
 
     def capture(conn, cursor, statement, *args) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
-        seen.append(statement)
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")) and conn.dialect.name == "postgresql":
+            probe = conn.connection.dbapi_connection.cursor()
+            probe.execute("SHOW synchronous_commit")
+            flush_setting.append(probe.fetchone()[0])
+            probe.close()
 
-    event.listen(store._engine, "before_cursor_execute", capture)
+    def settings(write) -> set[str]:  # noqa: ANN001
+        flush_setting.clear()
+        write()
+        return set(flush_setting)
+
+    sa_event.listen(sa.engine.Engine, "before_cursor_execute", capture)
     try:
         order, _ = create(store)
-        write_ahead = list(seen)
-        seen.clear()
-        states = store.apply_order_events(order.client_order_id,
-                                          [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")],
-                                          durable=False)
-        ack = list(seen)
-        seen.clear()
-        store.save_strategy_state(session.name, {"n": 1}, [], 30, durable=False)
-        snapshot = list(seen)
-        seen.clear()
-        booked = store.record_fill(session.name, broker_fill_id="F-deferred", client_order_id=order.client_order_id,
-                                   symbol=CONTRACT, side="buy", quantity=D(3), price=D("4500.25"), ts_ns=40,
-                                   now_ns=41, durable=False)
-        fill = list(seen)
+        write_ahead = settings(lambda: create(store, signal=9))
+        ack = settings(lambda: store.apply_order_events(
+            order.client_order_id, [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")],
+            durable=False))
+        snapshot = settings(lambda: store.save_strategy_state(session.name, {"n": 1}, [], 30, durable=False))
+        fill = settings(lambda: store.record_fill(
+            session.name, broker_fill_id="F-deferred", client_order_id=order.client_order_id, symbol=CONTRACT,
+            side="buy", quantity=D(3), price=D("4500.25"), ts_ns=40, now_ns=41, durable=False))
+        durable_again = settings(lambda: store.apply_order_event(Store.client_order_id_for(session, 9),
+                                                                 OrderEvent.submit_sent(50)))
     finally:
-        event.remove(store._engine, "before_cursor_execute", capture)
-    assert states[-1].status == "accepted"
+        sa_event.remove(sa.engine.Engine, "before_cursor_execute", capture)
+    assert store.get_order(order.client_order_id).status == "filled"
     assert store.load_strategy_state(session.name).state == {"n": 1}
-    assert booked is not None and booked.order.status == "filled" and store.verify_orders() == []
-    deferred = [any("synchronous_commit" in s for s in statements)
-                for statements in (write_ahead, ack, snapshot, fill)]
-    if store._engine.dialect.name == "postgresql":
-        assert deferred == [False, True, True, True]
-    else:
-        assert deferred == [False, False, False, False]  # SQLite has no per-transaction flush setting
+    assert store.verify_orders() == []
+    if store.engine.dialect.name == "postgresql":
+        assert [write_ahead, ack, snapshot, fill, durable_again] == [{"on"}, {"off"}, {"off"}, {"off"}, {"on"}]
+    else:  # SQLite has no per-transaction flush setting: nothing to probe
+        assert [write_ahead, ack, snapshot, fill, durable_again] == [set()] * 5
 
 
 def test_verify_orders_reads_rows_and_events_from_one_snapshot(store: Store, db_url: str) -> None:
