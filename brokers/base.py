@@ -189,7 +189,8 @@ class AccountEquity(Protocol):
 @runtime_checkable
 class MarketData(Protocol):
     def historical_bars(self, symbol: str, interval: str, *, after_ts_ns: int = 0, limit: int = 500) -> list[Bar]:
-        """Closed bars with ``ts_ns > after_ts_ns``, oldest first, at most ``limit``."""
+        """Closed bars, oldest first, at most ``limit``: the first ones with ``ts_ns > after_ts_ns``
+        (paging forward), or without a cursor (``after_ts_ns`` 0) the latest ``limit``."""
         ...
 
     def stream_bars(self, symbol: str, interval: str, *, after_index: int | None) -> Iterator[Bar | None]:

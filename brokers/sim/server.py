@@ -25,7 +25,7 @@ GET      /positions?account=                         ``{"positions": [...]}``
 GET      /fills?account=&after_seq=&limit=           ``{"fills": [...], "last_seq": n}``
 GET      /accounts/{account}/summary                 ``{"account", "starting_equity", "realized_pnl", "equity"}``;
                                                      404 ``{"error": "unknown_account"}``
-GET      /bars/{symbol}?interval=&after_ts_ns=&limit=  ``{"bars": [...]}`` oldest first
+GET      /bars/{symbol}?interval=&after_ts_ns=&limit=  ``{"bars": [...]}`` oldest first; no cursor: the latest
 GET      /bars/{symbol}/stream?interval=&after_index=  chunked NDJSON: bars, ``{"heartbeat": n}`` when idle;
                                                      409 if after_index is past the latest bar (venue restarted)
 GET      /admin/stats                                ``submissions`` per client id, ``faults_hit`` per rule, counts
@@ -335,6 +335,9 @@ class BarBook:
             return []
         start = max(0, index + 1 - self._bars[0].index)
         return self._bars[start:]
+
+    def latest(self, limit: int) -> list[Bar]:
+        return self._bars[-limit:] if limit > 0 else []
 
     def after_ts(self, ts_ns: int, limit: int) -> list[Bar]:
         lo, hi = 0, len(self._bars)
@@ -965,7 +968,10 @@ class VenueRequestHandler(BaseHTTPRequestHandler):
         if limit is None or not 0 < limit <= MAX_BARS_LIMIT:
             raise BadRequest(f"query parameter 'limit' must be in 1..{MAX_BARS_LIMIT}")
         with self.app.lock:
-            bars = self.app.books[symbol].after_ts(after_ts_ns, limit)
+            book = self.app.books[symbol]
+            # No cursor: the latest ``limit`` bars, as the venues' history calls give (a history
+            # load that got the oldest ones would then stream every bar since as a burst).
+            bars = book.after_ts(after_ts_ns, limit) if after_ts_ns > 0 else book.latest(limit)
         self._send_json(200, {"bars": [bar_json(b) for b in bars]})
 
     def get_bar_stream(self, query: Mapping[str, list[str]], symbol: str) -> None:

@@ -68,7 +68,8 @@ def test_history_is_timestamped_up_to_now(venue: Running) -> None:
     assert [b.index for b in bars] == list(range(10))
     assert bars[-1].ts_ns == NOW_NS // 60_000_000_000 * 60_000_000_000 - 60_000_000_000
     assert venue.broker.historical_bars(SYMBOL, "1m", after_ts_ns=bars[7].ts_ns) == bars[8:]
-    assert venue.broker.historical_bars(SYMBOL, "1m", limit=2) == bars[:2]
+    assert venue.broker.historical_bars(SYMBOL, "1m", limit=2) == bars[-2:]  # no cursor: the latest
+    assert venue.broker.historical_bars(SYMBOL, "1m", after_ts_ns=bars[3].ts_ns, limit=2) == bars[4:6]
 
 
 def test_limit_order_rests_is_modified_and_cancelled(venue: Running) -> None:
