@@ -103,6 +103,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         sa.event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
+        sa.event.listen(engine, "connect", _mark_used)  # a connection just made needs no ping
         sa.event.listen(engine, "checkin", _mark_used)
     return engine
 

@@ -171,14 +171,13 @@ class Store:
         # psycopg applies the level in its BEGIN: no extra round trip.
         self._read = sessionmaker(_snapshot_reads(engine), expire_on_commit=False, autoflush=False)
         self._write = sessionmaker(write_engine(engine), expire_on_commit=False, autoflush=False)
-        self._can_defer_flush = engine.dialect.name == "postgresql"
         # Writes that need not wait for their WAL flush (``_tx(durable=False)``) go through a pool
         # of their own whose connections have ``synchronous_commit = off`` (none is opened until
         # one is used): a ``SET LOCAL`` in each such transaction was one more round trip on the
         # order path, where four of the five commits per order are deferred.
         self._deferred_engine: Engine | None = None
         self._deferred = self._write
-        if self._can_defer_flush:
+        if engine.dialect.name == "postgresql":
             self._deferred_engine = make_engine(engine.url, connect_args={"options": DEFERRED_PG_OPTIONS})
             self._deferred = sessionmaker(self._deferred_engine, expire_on_commit=False, autoflush=False)
 

@@ -30,6 +30,7 @@ from schema import messages as m
 from schema.enums import OrderStatus
 from services.account.core import WORKING, adoption_events
 from schema.errors import StoreUnavailable
+from schema.records import Lease
 from services import operator
 from services.reconciler.core import compare
 from services.runtime import ProcessShell, owner_is_dead
@@ -88,7 +89,7 @@ class Reconciler:
         live = sum(1 for lease in self.store.leases(WORKER_LEASE_PREFIX) if lease.owner and lease.expires_ns > now)
         return max(1, -(-sessions // max(1, live)))
 
-    def _acquire(self, name: str, ttl_ns: int, now: int):  # -> schema.records.Lease | None
+    def _acquire(self, name: str, ttl_ns: int, now: int) -> Lease | None:
         """Take ``name``; a holder proven dead (killed on this host: a restart after kill -9 finds
         its own predecessor there) is not waited out — the epoch still grows and fences it."""
         lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now)
