@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bus import codec
 from bus.codec import HEADER_FIELDS, MAX_MESSAGE_BYTES, decode, encode
 from bus.envelope import Envelope, new_id, now_ns
 from bus.errors import MalformedMessage
@@ -217,6 +218,21 @@ def test_float_marker_bytes_inside_ints_and_strings_are_not_floats() -> None:
     # 0xcb / 0xca bytes inside an int64 and a string must not trip the float check.
     body = _bar(ts_ns=0x7FCBCACBCACBCACB, symbol="x\xcb")
     assert decode(encode(envelope_of(body))).body == body
+
+
+def test_float_marker_bytes_in_the_header_keep_the_fast_path_and_still_catch_a_body_float() -> None:
+    # Nanosecond stamps hold 0xcb/0xca bytes in about one message in four: the fast path must look
+    # at the body's bytes only, yet never let a float through because the header also had one.
+    env = envelope_of(_bar())
+    items = wire(env)
+    items[10] = items[11] = 0x17CBCACBCACBCACB  # event_ns, send_ns
+    clean = msgpack.packb(items)
+    assert codec._fast(clean) is not None and decode(clean).body == env.body
+    items[12]["ts_ns"] = 0x17CBCACBCACBCACB  # a marker byte in a body int: still no float
+    assert codec._fast(msgpack.packb(items)) is not None
+    items[12]["low"] = 4499.75
+    assert codec._fast(msgpack.packb(items)) is None
+    assert "float at `body.low`" in bad(msgpack.packb(items)).reason
 
 
 def test_float_for_money_is_refused_on_encode() -> None:
