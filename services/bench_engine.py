@@ -279,6 +279,73 @@ def _raw_insert_worker(conninfo: str, n: int, label: str, queue: Any, start: Any
         queue.put(("result", {"worker": label, "error": f"{type(exc).__name__}: {exc}"}))
 
 
+def _order_floor_worker(conninfo: str, session: str, n: int, queue: Any, start: Any) -> None:
+    """The least SQL a write-ahead order needs, in raw psycopg on the store's own tables (same
+    indexes and constraints), each transaction sent as one pipeline (one round trip): the fence
+    read, the order row and its ``created`` event, COMMIT (durable); then the acknowledgement, the
+    row updated under its version and the submit_sent + accepted events, COMMIT (the deferred
+    connection). No ORM, no order state machine, no risk view: no Python store can beat it here."""
+    try:
+        import psycopg
+        from psycopg.types.json import Json
+
+        order_sql = ("insert into orders (client_order_id, session, signal, symbol, side, order_type, quantity, "
+                     "time_in_force, status, filled_quantity, epoch, created_ns, updated_ns, version) values "
+                     "(%s, %s, %s, 'ESZ9', 'buy', 'market', 1, 'day', 'pending_submit', 0, %s, %s, %s, 1) "
+                     "returning id")
+        event_sql = "insert into events (aggregate, aggregate_version, kind, data, ts_ns) values (%s, %s, %s, %s, %s)"
+        ack_sql = ("update orders set status = 'accepted', broker_order_id = %s, updated_ns = %s, version = 3 "
+                   "where id = %s and version = 1")
+        with psycopg.connect(conninfo) as conn, \
+                psycopg.connect(conninfo, options="-c synchronous_commit=off") as deferred:
+            wa, ack = conn.cursor(), deferred.cursor()
+            epoch = conn.execute("select lease_epoch from sessions where name = %s", (session,)).fetchone()[0]
+            conn.commit()
+
+            def one(signal: int) -> None:
+                cid, now = f"{session}.floor.{signal}", time.time_ns()
+                with conn.pipeline():
+                    fence = conn.execute("select lease_epoch from sessions where name = %s", (session,))
+                    wa.execute(order_sql, (cid, session, signal, epoch, now, now))
+                    conn.execute(event_sql, (f"order:{cid}", 1, "created", Json({"client_order_id": cid}), now))
+                    conn.commit()
+                if fence.fetchone()[0] != epoch:
+                    raise RuntimeError("fenced out")
+                (order_id,) = wa.fetchone()
+                with deferred.pipeline():
+                    ack.execute(ack_sql, (f"B{signal}", now, order_id))
+                    deferred.execute(event_sql.replace("values (%s, %s, %s, %s, %s)",
+                                                       "values (%s, %s, %s, %s, %s), (%s, %s, %s, %s, %s)"),
+                                     (f"order:{cid}", 2, "submit_sent", Json({}), now,
+                                      f"order:{cid}", 3, "accepted", Json({"broker_order_id": f"B{signal}"}), now))
+                    deferred.commit()
+                if ack.rowcount != 1:
+                    raise RuntimeError(f"acknowledgement of {cid} lost its version race")
+
+            for signal in range(ORDER_WARMUP):
+                one(-1 - signal)
+            queue.put(("ready", session))
+            start.wait(WORKER_TIMEOUT_S)
+            clock = time.perf_counter_ns
+            latencies = []
+            t0 = time.monotonic()
+            for signal in range(n):
+                s = clock()
+                one(signal)
+                latencies.append(clock() - s)
+            t1 = time.monotonic()
+        queue.put(("result", {"worker": session, "count": n, "t0": t0, "t1": t1, "latencies": latencies}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(("result", {"worker": session, "error": f"{type(exc).__name__}: {exc}"}))
+
+
+def _order_floor(dbs: BenchDatabases, url: str, session: str, n: int) -> dict[str, Any]:
+    [result] = _in_parallel(_order_floor_worker, [(dbs.conninfo(url), session, n)])
+    agg = _aggregate([result])
+    return {"orders": agg["count"], "elapsed_s": agg["elapsed_s"], "orders_per_s": agg["per_s"],
+            **latency_stats_us(result["latencies"])}
+
+
 def _pg_raw(dbs: BenchDatabases, url: str, n: int, connections: int) -> dict[str, Any]:
     results = _in_parallel(_raw_insert_worker, [(dbs.conninfo(url), n, f"c{i}") for i in range(connections)])
     agg = _aggregate(results)
@@ -416,7 +483,7 @@ def _store_path_worker(db_url: str, session: str, n: int, first_signal: int, que
         queue.put(("result", {"session": session, "error": f"{type(exc).__name__}: {exc}"}))
 
 
-def _store_sessions(url: str, count: int) -> list[str]:
+def _store_sessions(url: str, count: int, prefix: str = "bench") -> list[str]:
     """``count`` sessions written straight to the store, each already ``trading``."""
     from bus.envelope import now_ns
     from schema.db import migrate
@@ -426,7 +493,7 @@ def _store_sessions(url: str, count: int) -> list[str]:
     names = []
     with Store.from_url(url) as store:
         for i in range(count):
-            name = f"bench{i}"
+            name = f"{prefix}{i}"
             store.add_session(name, strategy="sma_cross", params={"fast": 3, "slow": 8, "qty": 1}, symbol="ES",
                               contract=f"ESZ{i}", interval="1m", account="SIM1", data_source="SIM1", now_ns=now_ns())
             for event in ("start", "reconcile", "reconciled"):
@@ -638,6 +705,8 @@ def run_orders(admin_url: str, count: int, sessions: int, engine: bool = True) -
                          "payload text not null, created timestamptz not null default now())")
         names = _store_sessions(store_url, max(1, sessions))
         results["pg_raw_before"] = _pg_raw(dbs, store_url, count, 1)
+        [floor_session] = _store_sessions(store_url, 1, prefix="floor")
+        results["pg_order_floor"] = _order_floor(dbs, store_url, floor_session, count)
         results["store_path_single"] = _store_path(store_url, names[:1], count, first_signal=1)
         results["pg_raw_parallel"] = _pg_raw(dbs, store_url, count, len(names))
         results["store_path_parallel"] = _store_path(store_url, names, count, first_signal=1_000_000) \
@@ -656,6 +725,9 @@ def run_orders(admin_url: str, count: int, sessions: int, engine: bool = True) -
     baseline = round((before + after) / 2, 1) if before and after else (before or after)
     par_base = results["pg_raw_parallel"]["inserts_per_s"]
     ratios = {
+        "pg_order_floor_vs_pg_raw": ratio(results["pg_order_floor"]["orders_per_s"], baseline),
+        "store_path_single_vs_pg_order_floor": ratio(results["store_path_single"]["orders_per_s"],
+                                                     results["pg_order_floor"]["orders_per_s"]),
         "store_path_single_vs_pg_raw": ratio(results["store_path_single"]["orders_per_s"], baseline),
         "store_path_single_lifecycle_vs_pg_raw": ratio(results["store_path_single"]["lifecycle_orders_per_s"],
                                                         baseline),
@@ -679,6 +751,11 @@ def run_orders(admin_url: str, count: int, sessions: int, engine: bool = True) -
         "method": {
             "pg_raw": "psycopg, one connection per worker process, INSERT one row into a trivial table + COMMIT, "
                       "one at a time; before and after the engine figures, baseline = their mean",
+            "pg_order_floor": "psycopg, one connection (+ one with synchronous_commit=off for the "
+                              "acknowledgement), the least SQL of one write-ahead order on the store's own tables, "
+                              "each transaction one pipeline: fence read + order insert + created event + COMMIT, "
+                              "then version-checked update + submit_sent/accepted events + COMMIT; one order at "
+                              "a time: the ceiling for any store on this server (see _order_floor_worker)",
             "store_path": "AccountService.submit in a worker process (real store, write-ahead create_order, "
                           "refusal/heat checks, submit_sent + accepted via apply_order_event) against an instant "
                           "in-memory broker; orders_per_s = orders / summed submit time (submit -> accepted); "

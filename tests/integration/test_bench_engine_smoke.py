@@ -43,6 +43,7 @@ def test_bench_orders(pg_admin_url: str) -> None:
     for raw in ("pg_raw_before", "pg_raw_after"):
         assert results[raw]["rows"] == 50 and results[raw]["inserts_per_s"] > 0
     assert results["pg_raw_parallel"]["connections"] == 2
+    assert results["pg_order_floor"]["orders"] == 50 and results["pg_order_floor"]["orders_per_s"] > 0
     single, parallel = results["store_path_single"], results["store_path_parallel"]
     assert single["orders"] == 50 and parallel["orders"] == 100
     # Every order went through write-ahead, sent and accepted: a fresh signal each time.
