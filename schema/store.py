@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -117,6 +117,9 @@ __all__ = [
 
 log = logging.getLogger("tradebus.schema.store")
 
+if TYPE_CHECKING:
+    from schema.pg_orders import PgOrderPath
+
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 5
@@ -177,9 +180,15 @@ class Store:
         # order path, where four of the five commits per order are deferred.
         self._deferred_engine: Engine | None = None
         self._deferred = self._write
+        # On PostgreSQL the order's two hot transactions run in raw psycopg pipelines: see
+        # ``schema.pg_orders`` (SQLite keeps the ORM path, and the store tests run on both).
+        self._pg_orders: PgOrderPath | None = None
         if engine.dialect.name == "postgresql":
+            from schema import pg_orders
+
             self._deferred_engine = make_engine(engine.url, connect_args={"options": DEFERRED_PG_OPTIONS})
             self._deferred = sessionmaker(self._deferred_engine, expire_on_commit=False, autoflush=False)
+            self._pg_orders = pg_orders.PgOrderPath(engine, self._deferred_engine)
 
     @classmethod
     def from_url(cls, url: str | URL, **engine_kwargs: Any) -> Store:
@@ -415,44 +424,27 @@ class Store:
         ``admit``, for a new order, is called with that view before anything is written; a reason
         it returns raises ``NotAdmitted`` and nothing is written."""
 
+        terms = dict(signal=signal, symbol=symbol, side=side, order_type=order_type, quantity=quantity,
+                     limit_price=limit_price, stop_price=stop_price, time_in_force=time_in_force, epoch=epoch,
+                     now_ns=now_ns, bracket_group=bracket_group)
+
         def attempt() -> tuple[OrderState, bool, RiskView | None]:
+            if self._pg_orders is not None:
+                return self._pg_orders.create_order_with_view(session_name, terms, admit)
             with self._tx() as s:
                 session_row = _session_row(s, session_name)
-                _check_epoch(session_row, epoch, "create_order")
-                cid = self.client_order_id_for(_session_info(session_row), signal)
-                event = OrderEvent.created(
-                    now_ns,
-                    client_order_id=cid,
-                    session=session_name,
-                    signal=signal,
-                    symbol=symbol,
-                    side=Side(side),
-                    order_type=OrderType(order_type),
-                    quantity=to_money(quantity),
-                    limit_price=optional_money(limit_price),
-                    stop_price=optional_money(stop_price),
-                    time_in_force=TimeInForce(time_in_force),
-                    bracket_group=bracket_group,
-                    epoch=epoch,
-                )
-                state = order_fsm.apply(None, event)
-                existing = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == cid))
+                event, state = _new_order(session_row, **terms)
+                existing = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == state.client_order_id))
                 if existing is not None:
-                    known = _order_state(existing)
-                    if not _same_terms(known, state):
-                        raise DuplicateClientOrderId(
-                            f"{cid} exists with other terms (signal {signal} reused?)"
-                        )
-                    return known, False, None
+                    return _known_order(_order_state(existing), state), False, None
                 view = _risk_view(s, session_row)
-                if admit is not None and (reason := admit(view)) is not None:
-                    raise NotAdmitted(reason)
+                _admit(admit, view)
                 row = OrderRow()
                 _write_order(row, state)
                 s.add(row)
                 s.flush()
-                self._append(s, order_aggregate(cid), event.kind.value, dict(event.data), event.ts_ns,
-                             version=state.version)
+                self._append(s, order_aggregate(state.client_order_id), event.kind.value, dict(event.data),
+                             event.ts_ns, version=state.version)
                 return state, True, view
 
         for last in (False, True):
@@ -499,6 +491,8 @@ class Store:
         recovery asks the broker for again if a server crash loses it."""
 
         def attempt() -> list[OrderState]:
+            if self._pg_orders is not None:
+                return self._pg_orders.apply_order_events(client_order_id, events, epoch=epoch, durable=durable)
             with self._tx(durable=durable) as s:
                 row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                 if row is None:
@@ -1169,20 +1163,11 @@ class Store:
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"lost an optimistic-locking race: {exc}") from exc
-        except sa_exc.IntegrityError as exc:
-            raise _integrity_error(exc) from exc
-        except sa_exc.OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) in _PG_RETRYABLE_SQLSTATES:
-                raise ConcurrentUpdate(f"transaction conflict: {type(exc.orig).__name__}") from exc
-            raise StoreUnavailable(
-                f"database {safe_url(self._engine.url)} unavailable: {type(exc.orig).__name__}: {exc.orig}"
-            ) from exc
         except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
-                raise StoreUnavailable(
-                    f"database {safe_url(self._engine.url)} connection lost: {type(exc.orig).__name__}"
-                ) from exc
-            raise
+            error = store_error(exc, self._engine)
+            if error is None:
+                raise
+            raise error from exc
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
         for number in range(1, MAX_ATTEMPTS + 1):
@@ -1220,12 +1205,8 @@ class Store:
             session_row = s.scalar(sa.select(SessionRow).where(SessionRow.name == row.session))
             if session_row is not None:  # a removed session has no lease holder to defer to
                 _check_epoch(session_row, epoch, f"order event on {client_order_id}")
-        states: list[OrderState] = []
-        state = _order_state(row)
-        for event in events:
-            state = order_fsm.apply(state, event)
-            states.append(state)
-        _write_order(row, state)
+        states = _fold(_order_state(row), events)
+        _write_order(row, states[-1])
         aggregate = order_aggregate(client_order_id)
         s.add_all([EventRow(aggregate=aggregate, aggregate_version=after.version, kind=event.kind.value,
                             data=dict(event.data), ts_ns=event.ts_ns) for event, after in zip(events, states)])
@@ -1417,27 +1398,81 @@ def _order_state(row: OrderRow) -> OrderState:
 
 
 def _write_order(row: OrderRow, state: OrderState) -> None:
-    row.client_order_id = state.client_order_id
-    row.session = state.session
-    row.signal = state.signal
-    row.symbol = state.symbol
-    row.side = state.side.value
-    row.order_type = state.order_type.value
-    row.quantity = state.quantity
-    row.limit_price = state.limit_price
-    row.stop_price = state.stop_price
-    row.time_in_force = state.time_in_force.value
-    row.status = state.status.value
-    row.previous_status = None if state.previous_status is None else state.previous_status.value
-    row.broker_order_id = state.broker_order_id
-    row.filled_quantity = state.filled_quantity
-    row.average_price = state.average_price
-    row.reason = state.reason
-    row.bracket_group = state.bracket_group
-    row.epoch = state.epoch
-    row.created_ns = state.created_ns
-    row.updated_ns = state.updated_ns
-    row.version = state.version
+    for column, value in order_values(state).items():
+        setattr(row, column, value)
+
+
+def order_values(state: OrderState) -> dict[str, Any]:
+    """The ``orders`` row of ``state``, column by column (all but ``id``)."""
+    return {
+        "client_order_id": state.client_order_id,
+        "session": state.session,
+        "signal": state.signal,
+        "symbol": state.symbol,
+        "side": state.side.value,
+        "order_type": state.order_type.value,
+        "quantity": state.quantity,
+        "limit_price": state.limit_price,
+        "stop_price": state.stop_price,
+        "time_in_force": state.time_in_force.value,
+        "status": state.status.value,
+        "previous_status": None if state.previous_status is None else state.previous_status.value,
+        "broker_order_id": state.broker_order_id,
+        "filled_quantity": state.filled_quantity,
+        "average_price": state.average_price,
+        "reason": state.reason,
+        "bracket_group": state.bracket_group,
+        "epoch": state.epoch,
+        "created_ns": state.created_ns,
+        "updated_ns": state.updated_ns,
+        "version": state.version,
+    }
+
+
+def _new_order(session_row: Any, *, signal: int, symbol: str, side: Side | str, order_type: OrderType | str,
+               quantity: Decimal | int | str, limit_price: Decimal | int | str | None,
+               stop_price: Decimal | int | str | None, time_in_force: TimeInForce | str, epoch: int, now_ns: int,
+               bracket_group: str | None) -> tuple[OrderEvent, OrderState]:
+    """The ``created`` event of a new order of this session, and the state it makes. Raises
+    ``FencedOut`` if ``epoch`` is older than the session's lease epoch."""
+    _check_epoch(session_row, epoch, "create_order")
+    event = OrderEvent.created(
+        now_ns,
+        client_order_id=Store.client_order_id_for(_session_info(session_row), signal),
+        session=session_row.name,
+        signal=signal,
+        symbol=symbol,
+        side=Side(side),
+        order_type=OrderType(order_type),
+        quantity=to_money(quantity),
+        limit_price=optional_money(limit_price),
+        stop_price=optional_money(stop_price),
+        time_in_force=TimeInForce(time_in_force),
+        bracket_group=bracket_group,
+        epoch=epoch,
+    )
+    return event, order_fsm.apply(None, event)
+
+
+def _known_order(known: OrderState, wanted: OrderState) -> OrderState:
+    """An order written before for the same (session, signal): it, if its terms are the same."""
+    if not _same_terms(known, wanted):
+        raise DuplicateClientOrderId(f"{known.client_order_id} exists with other terms (signal {known.signal} reused?)")
+    return known
+
+
+def _admit(admit: Callable[[RiskView], str | None] | None, view: RiskView) -> None:
+    if admit is not None and (reason := admit(view)) is not None:
+        raise NotAdmitted(reason)
+
+
+def _fold(state: OrderState, events: Sequence[OrderEvent]) -> list[OrderState]:
+    """The states after each of ``events`` applied in order (raises as ``order_fsm.apply``)."""
+    states: list[OrderState] = []
+    for event in events:
+        state = order_fsm.apply(state, event)
+        states.append(state)
+    return states
 
 
 def _same_terms(a: OrderState, b: OrderState) -> bool:
@@ -1558,6 +1593,19 @@ def _constraint_name(exc: sa_exc.IntegrityError) -> str | None:
     match = _SQLITE_UNIQUE.search(str(exc.orig))
     if match:
         return _UNIQUE_COLUMNS_TO_CONSTRAINT.get(match.group("columns").strip())
+    return None
+
+
+def store_error(exc: sa_exc.DBAPIError, engine: Engine) -> Exception | None:
+    """The store's named error for a driver error on ``engine``, or None (leave it as it is)."""
+    if isinstance(exc, sa_exc.IntegrityError):
+        return _integrity_error(exc)
+    if isinstance(exc, sa_exc.OperationalError):
+        if getattr(exc.orig, "sqlstate", None) in _PG_RETRYABLE_SQLSTATES:
+            return ConcurrentUpdate(f"transaction conflict: {type(exc.orig).__name__}")
+        return StoreUnavailable(f"database {safe_url(engine.url)} unavailable: {type(exc.orig).__name__}: {exc.orig}")
+    if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+        return StoreUnavailable(f"database {safe_url(engine.url)} connection lost: {type(exc.orig).__name__}")
     return None
 
 

@@ -437,18 +437,25 @@ def _store_path_worker(db_url: str, session: str, n: int, first_signal: int, que
         sql: Counter[str] = Counter()
         counting = [False]
 
-        import sqlalchemy as sa
+        # Counted at the driver: the ORM's statements and the order path's own psycopg pipelines
+        # (schema.pg_orders) both end in these two calls.
+        import psycopg
 
-        @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
-        def _statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        cursor_execute, connection_commit = psycopg.Cursor.execute, psycopg.Connection.commit
+
+        def counted_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
             if counting[0]:
-                words = statement.split()
-                sql["ping" if statement.strip().lower() == "select 1" else words[0].lower()] += 1
+                text = str(query).strip().lower()
+                sql["ping" if text == "select 1" else "update+insert" if text.startswith("with")
+                    else text.split()[0]] += 1
+            return cursor_execute(self, query, *args, **kwargs)
 
-        @sa.event.listens_for(sa.engine.Engine, "commit")
-        def _commit(_conn: Any) -> None:
+        def counted_commit(self: Any) -> None:
             if counting[0]:
                 sql["commit"] += 1
+            connection_commit(self)
+
+        psycopg.Cursor.execute, psycopg.Connection.commit = counted_execute, counted_commit  # type: ignore[method-assign]
 
         def one(number: int) -> tuple[int, str]:
             s = time.perf_counter_ns()

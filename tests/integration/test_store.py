@@ -387,23 +387,25 @@ def test_tokens_are_stored_as_ciphertext_only(store: Store) -> None:
 def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> None:
     """An acknowledgement, a strategy snapshot and a fill fetched behind a cursor commit without
     waiting for the disk on PostgreSQL (on connections whose ``synchronous_commit`` is off); the
-    write-ahead order row waits. Each transaction's setting is read on its own connection."""
+    write-ahead order row waits. The setting is read on every connection each write checks out
+    (the order's hot transactions use the pools' psycopg connections directly: schema.pg_orders)."""
     session = add_session(store)
     flush_setting: list[str] = []
 
-    def capture(conn, cursor, statement, *args) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
-        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")) and conn.dialect.name == "postgresql":
-            probe = conn.connection.dbapi_connection.cursor()
+    def capture(dbapi_connection, _record, _proxy) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
+        if store.engine.dialect.name == "postgresql":
+            probe = dbapi_connection.cursor()
             probe.execute("SHOW synchronous_commit")
             flush_setting.append(probe.fetchone()[0])
             probe.close()
+            dbapi_connection.rollback()  # the probe's own transaction: the write begins afresh
 
     def settings(write) -> set[str]:  # noqa: ANN001
         flush_setting.clear()
         write()
         return set(flush_setting)
 
-    sa_event.listen(sa.engine.Engine, "before_cursor_execute", capture)
+    sa_event.listen(sa.pool.Pool, "checkout", capture)
     try:
         order, _ = create(store)
         write_ahead = settings(lambda: create(store, signal=9))
@@ -417,7 +419,7 @@ def test_only_writes_recoverable_elsewhere_skip_the_flush_wait(store: Store) -> 
         durable_again = settings(lambda: store.apply_order_event(Store.client_order_id_for(session, 9),
                                                                  OrderEvent.submit_sent(50)))
     finally:
-        sa_event.remove(sa.engine.Engine, "before_cursor_execute", capture)
+        sa_event.remove(sa.pool.Pool, "checkout", capture)
     assert store.get_order(order.client_order_id).status == "filled"
     assert store.load_strategy_state(session.name).state == {"n": 1}
     assert store.verify_orders() == []
@@ -493,10 +495,10 @@ def test_a_connection_killed_on_the_server_is_pinged_away_after_idling_and_costs
     with Store.from_url(pg_url) as store, sa.create_engine(pg_url, isolation_level="AUTOCOMMIT").connect() as admin:
         add_session(store)
 
-        def kill_pooled_connection() -> None:
-            with store.engine.connect() as conn:
+        def kill_pooled_connection(engine: sa.Engine = store.engine) -> None:
+            with engine.connect() as conn:
                 pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-            assert store.engine.pool.checkedin() == 1, "the store's one pooled connection"
+            assert engine.pool.checkedin() == 1, "the pool's one connection"
             assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
 
         monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout counts as after idling
@@ -508,3 +510,15 @@ def test_a_connection_killed_on_the_server_is_pinged_away_after_idling_and_costs
         with pytest.raises(StoreUnavailable):
             store.get_session("es1")
         assert store.get_session("es1").name == "es1"
+
+        # The order's hot transactions use the pools' psycopg connections directly: same rules.
+        kill_pooled_connection()
+        with pytest.raises(StoreUnavailable):
+            create(store)
+        order, created = create(store)  # the failed attempt wrote nothing
+        kill_pooled_connection(store._deferred_engine)
+        ack = [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B-1")]
+        with pytest.raises(StoreUnavailable):
+            store.apply_order_events(order.client_order_id, ack, durable=False)
+        assert store.apply_order_events(order.client_order_id, ack, durable=False)[-1].status is OrderStatus.ACCEPTED
+        assert created and store.verify_orders() == []

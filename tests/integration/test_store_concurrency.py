@@ -13,10 +13,11 @@ from typing import TypeVar
 import pytest
 
 from schema import order_fsm
+from schema import store as store_module
 from schema.db import is_sqlite, migrate
 from schema.enums import JobStatus, OrderStatus
 from schema.errors import ConcurrentUpdate, FencedOut
-from schema.order_fsm import OrderEvent
+from schema.order_fsm import OrderEvent, OrderState
 from schema.store import Store
 
 T = TypeVar("T")
@@ -70,7 +71,12 @@ def test_a_decision_on_a_stale_version_is_refused(stores: tuple[Store, Store]) -
     assert a.verify_orders() == []
 
 
-def test_a_lost_race_is_retried_from_fresh_state(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("apply", [
+    lambda store, cid, event: store.apply_order_event(cid, event),
+    lambda store, cid, event: store.apply_order_events(cid, [event])[-1],  # raw psycopg on PostgreSQL
+], ids=["apply_order_event", "apply_order_events"])
+def test_a_lost_race_is_retried_from_fresh_state(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch,
+                                                 apply: Callable[..., OrderState]) -> None:
     a, b = stores
     if is_sqlite(a.engine):
         pytest.skip("SQLite write transactions begin IMMEDIATE: a second writer waits, so this race cannot happen")
@@ -87,10 +93,35 @@ def test_a_lost_race_is_retried_from_fresh_state(stores: tuple[Store, Store], mo
         return real_apply(state, event)
 
     monkeypatch.setattr(order_fsm, "apply", apply_after_a_rival_commits)
-    result = a.apply_order_event(cid, OrderEvent.accepted(4, broker_order_id="B-1"))
+    result = apply(a, cid, OrderEvent.accepted(4, broker_order_id="B-1"))
     assert raced == [1]
     assert (result.status, result.version) == (OrderStatus.ACCEPTED, 3)
     assert [e.kind for e in a.order_events(cid)] == ["created", "submit_sent", "accepted"]
+
+
+def test_a_create_that_loses_the_insert_race_answers_the_winners_order(
+        stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saw no order for the signal; B writes it before A's insert: A's insert meets the unique
+    client order id, and A answers B's order as already written (created False), writing nothing."""
+    a, b = stores
+    if is_sqlite(a.engine):
+        pytest.skip("SQLite write transactions begin IMMEDIATE: a second writer waits, so this race cannot happen")
+    terms = dict(signal=7, symbol=CONTRACT, side="buy", order_type="market", quantity=D(1), limit_price=None,
+                 stop_price=None, time_in_force="day", epoch=0, now_ns=2)
+    real_admit = store_module._admit
+    winners: list[tuple[OrderState, bool]] = []
+
+    def admit_after_a_rival_commits(admit, view) -> None:  # noqa: ANN001
+        monkeypatch.setattr(store_module, "_admit", real_admit)  # B's own create passes straight on
+        winners.append(b.create_order("es1", **terms))
+        real_admit(admit, view)
+
+    monkeypatch.setattr(store_module, "_admit", admit_after_a_rival_commits)
+    order, created = a.create_order("es1", **terms)
+    assert [created for _, created in winners] == [True]
+    assert not created and order == winners[0][0]
+    assert [e.kind for e in a.order_events(order.client_order_id)] == ["created"]
+    assert a.verify_orders() == []
 
 
 def test_concurrent_fills_on_one_order_all_count_once(stores: tuple[Store, Store]) -> None:
