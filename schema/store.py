@@ -619,6 +619,11 @@ class Store:
             raise ValueError(f"fill quantity must be positive, got {fill_quantity}")
 
         def attempt() -> FillResult | None:
+            if self._pg_orders is not None:
+                return self._pg_orders.record_fill(
+                    session_name, broker_fill_id=broker_fill_id, client_order_id=client_order_id, symbol=symbol,
+                    side=fill_side, quantity=fill_quantity, price=fill_price, ts_ns=ts_ns, now_ns=now_ns,
+                    durable=durable)
             with self._tx(durable=durable) as s:
                 if s.scalar(sa.select(FillRow.id).where(FillRow.broker_fill_id == broker_fill_id)) is not None:
                     return None
@@ -640,15 +645,10 @@ class Store:
                 if client_order_id is not None:
                     order_row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                     if order_row is not None:
-                        if Side(order_row.side) is not fill_side:
-                            raise ValueError(
-                                f"fill {broker_fill_id} is a {fill_side} but order {client_order_id} is a {order_row.side}"
-                            )
                         [order] = self._apply(
                             s,
                             client_order_id,
-                            [OrderEvent.fill(ts_ns, broker_fill_id=broker_fill_id, quantity=fill_quantity,
-                                             price=fill_price)],
+                            [_fill_event(order_row, broker_fill_id, fill_side, fill_quantity, fill_price, ts_ns)],
                             row=order_row,
                         )
                 position = self._move_position(
@@ -1233,18 +1233,8 @@ class Store:
         row.average_price = new_average
         row.updated_ns = now_ns
         s.flush()
-        self._append(
-            s, position_aggregate(session, symbol), "fill",
-            {
-                "broker_fill_id": broker_fill_id,
-                "side": side.value,
-                "quantity": money_str(quantity),
-                "price": money_str(price),
-                "position_quantity": money_str(new_quantity),
-                "average_price": money_str(new_average),
-            },
-            now_ns,
-        )
+        self._append(s, position_aggregate(session, symbol), POSITION_FILL_EVENT,
+                     position_fill_data(broker_fill_id, side, quantity, price, new_quantity, new_average), now_ns)
         return _position_info(row)
 
     def _take_lease(self, s: Session, name: str, owner: str, ttl_ns: int, now_ns: int,
@@ -1452,6 +1442,30 @@ def _new_order(session_row: Any, *, signal: int, symbol: str, side: Side | str, 
         epoch=epoch,
     )
     return event, order_fsm.apply(None, event)
+
+
+def _fill_event(order_row: Any, broker_fill_id: str, side: Side, quantity: Decimal, price: Decimal,
+                ts_ns: int) -> OrderEvent:
+    """The ``fill`` event of a broker fill on our order (raises if the sides disagree)."""
+    if Side(order_row.side) is not side:
+        raise ValueError(f"fill {broker_fill_id} is a {side} but order {order_row.client_order_id} is a {order_row.side}")
+    return OrderEvent.fill(ts_ns, broker_fill_id=broker_fill_id, quantity=quantity, price=price)
+
+
+POSITION_FILL_EVENT = "fill"
+
+
+def position_fill_data(broker_fill_id: str, side: Side, quantity: Decimal, price: Decimal, position_quantity: Decimal,
+                       average_price: Decimal | None) -> dict[str, Any]:
+    """The data of a position's ``fill`` event."""
+    return {
+        "broker_fill_id": broker_fill_id,
+        "side": side.value,
+        "quantity": money_str(quantity),
+        "price": money_str(price),
+        "position_quantity": money_str(position_quantity),
+        "average_price": money_str(average_price),
+    }
 
 
 def _known_order(known: OrderState, wanted: OrderState) -> OrderState:

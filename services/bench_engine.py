@@ -252,6 +252,24 @@ def _aggregate(results: list[dict[str, Any]], key: str = "count") -> dict[str, A
 RAW_TABLE = "bench_raw_insert"
 
 
+def _timed(one: Callable[[int], None], n: int, worker: str, queue: Any, start: Any) -> None:
+    """A bench worker's run: ``one(i)`` for ORDER_WARMUP negative i, "ready", wait for the start,
+    then ``n`` timed calls; puts ("result", {worker, count, t0, t1, latencies})."""
+    for i in range(ORDER_WARMUP):
+        one(-1 - i)
+    queue.put(("ready", worker))
+    start.wait(WORKER_TIMEOUT_S)
+    clock = time.perf_counter_ns
+    latencies = []
+    t0 = time.monotonic()
+    for i in range(n):
+        s = clock()
+        one(i)
+        latencies.append(clock() - s)
+    t1 = time.monotonic()
+    queue.put(("result", {"worker": worker, "count": n, "t0": t0, "t1": t1, "latencies": latencies}))
+
+
 def _raw_insert_worker(conninfo: str, n: int, label: str, queue: Any, start: Any) -> None:
     """One connection: ``n`` times INSERT one row + COMMIT."""
     try:
@@ -260,21 +278,12 @@ def _raw_insert_worker(conninfo: str, n: int, label: str, queue: Any, start: Any
         with psycopg.connect(conninfo) as conn:
             cur = conn.cursor()
             sql = f"insert into {RAW_TABLE} (worker, payload) values (%s, %s)"
-            for i in range(ORDER_WARMUP):
-                cur.execute(sql, (label, f"warmup {i}"))
-                conn.commit()
-            queue.put(("ready", label))
-            start.wait(WORKER_TIMEOUT_S)
-            clock = time.perf_counter_ns
-            latencies = []
-            t0 = time.monotonic()
-            for i in range(n):
-                s = clock()
+
+            def one(i: int) -> None:
                 cur.execute(sql, (label, f"row {i}"))
                 conn.commit()
-                latencies.append(clock() - s)
-            t1 = time.monotonic()
-        queue.put(("result", {"worker": label, "count": n, "t0": t0, "t1": t1, "latencies": latencies}))
+
+            _timed(one, n, label, queue, start)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         queue.put(("result", {"worker": label, "error": f"{type(exc).__name__}: {exc}"}))
 
@@ -322,19 +331,7 @@ def _order_floor_worker(conninfo: str, session: str, n: int, queue: Any, start: 
                 if ack.rowcount != 1:
                     raise RuntimeError(f"acknowledgement of {cid} lost its version race")
 
-            for signal in range(ORDER_WARMUP):
-                one(-1 - signal)
-            queue.put(("ready", session))
-            start.wait(WORKER_TIMEOUT_S)
-            clock = time.perf_counter_ns
-            latencies = []
-            t0 = time.monotonic()
-            for signal in range(n):
-                s = clock()
-                one(signal)
-                latencies.append(clock() - s)
-            t1 = time.monotonic()
-        queue.put(("result", {"worker": session, "count": n, "t0": t0, "t1": t1, "latencies": latencies}))
+            _timed(one, n, session, queue, start)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         queue.put(("result", {"worker": session, "error": f"{type(exc).__name__}: {exc}"}))
 

@@ -480,6 +480,21 @@ def test_the_write_ahead_admits_on_a_view_read_in_its_own_transaction(store: Sto
     assert store.verify_orders() == []
 
 
+def test_the_order_path_says_unavailable_when_postgresql_cannot_be_reached() -> None:
+    """The order's own psycopg transactions (schema.pg_orders) answer a server that is down with
+    ``StoreUnavailable``, as every other store call does: services wait that out, never die of it."""
+    from schema.errors import StoreUnavailable
+
+    with Store.from_url("postgresql+psycopg://tradebus:unused@127.0.0.1:9/nowhere",
+                        connect_args={"connect_timeout": 2}) as store:
+        with pytest.raises(StoreUnavailable):
+            create(store)
+        with pytest.raises(StoreUnavailable):
+            store.apply_order_events("es1.1.1", [OrderEvent.submit_sent(1)], durable=False)
+        with pytest.raises(StoreUnavailable):
+            fill(store, "F-1", "es1.1.1", "buy", D(1), D(1))
+
+
 @pytest.mark.postgres
 def test_a_connection_killed_on_the_server_is_pinged_away_after_idling_and_costs_one_request_if_fresh(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
