@@ -83,9 +83,10 @@ _EVENT_ROW = "(%(a{i})s::varchar, %(v{i})s::bigint, %(k{i})s::varchar, %(d{i})s:
 _INSERT_EVENT = ("INSERT INTO events (aggregate, aggregate_version, kind, data, ts_ns) VALUES "
                  + _EVENT_ROW.format(i=0))
 _FINISHED_ROLLS = (RollPhase.DONE.value, RollPhase.ABORTED.value)
-_INSERT_FILL = ("INSERT INTO fills (broker_fill_id, client_order_id, session, symbol, side, quantity, price, ts_ns, "
-                "recorded_ns) VALUES (%(broker_fill_id)s, %(client_order_id)s, %(session)s, %(symbol)s, %(side)s, "
-                "%(quantity)s, %(price)s, %(ts_ns)s, %(recorded_ns)s)")
+_CLAIM_FILL = ("INSERT INTO fills (broker_fill_id, client_order_id, session, symbol, side, quantity, price, ts_ns, "
+               "recorded_ns) VALUES (%(broker_fill_id)s, %(client_order_id)s, %(session)s, %(symbol)s, %(side)s, "
+               "%(quantity)s, %(price)s, %(ts_ns)s, %(recorded_ns)s) ON CONFLICT (broker_fill_id) DO NOTHING "
+               "RETURNING id")
 _INSERT_POSITION = ("INSERT INTO positions (session, symbol, quantity, average_price, updated_ns, version) "
                     "VALUES (%(session)s, %(symbol)s, %(quantity)s, %(average_price)s, %(updated_ns)s, %(version)s)")
 _UPDATE_POSITION = ("UPDATE positions SET quantity = %(quantity)s, average_price = %(average_price)s, "
@@ -196,22 +197,27 @@ class PgOrderPath:
     def record_fill(self, session_name: str, *, broker_fill_id: str, client_order_id: str | None, symbol: str,
                     side: Side, quantity: Decimal, price: Decimal, ts_ns: int, now_ns: int,
                     durable: bool) -> FillResult | None:
-        """``Store.record_fill``'s transaction: the reads in one pipeline, the writes in a second,
-        then the COMMIT once every version-checked write is seen to have matched (three round
-        trips; the ORM path took eleven statements)."""
+        """``Store.record_fill``'s transaction: the fill id claimed and the reads in one pipeline,
+        the writes in a second, then the COMMIT once every version-checked write is seen to have
+        matched (three round trips; the ORM path took eleven statements)."""
         position_aggregate = _store.position_aggregate(session_name, symbol)
-        key = {"fill": broker_fill_id, "session": session_name, "symbol": symbol, "cid": client_order_id,
+        key = {"session": session_name, "symbol": symbol, "cid": client_order_id,
                "aggregate": position_aggregate}
+        fill = FillInfo(broker_fill_id, client_order_id, session_name, symbol, side, quantity, price, ts_ns, now_ns)
         with self._connection(self._engine if durable else self._deferred_engine) as conn:
             with conn.pipeline():
-                booked = conn.execute("SELECT id FROM fills WHERE broker_fill_id = %(fill)s", key)
+                # The fill id is claimed first, as the ORM path's flush does: a concurrent booking
+                # of it (the reconciler's) then waits for this transaction, and every read below
+                # comes after the claim. (Read first, a booking committed between two of the reads
+                # showed the fill as new and its order as already filled by it.)
+                claimed = conn.execute(_CLAIM_FILL, {**dataclasses.asdict(fill), "side": side.value})
                 session = conn.execute("SELECT 1 FROM sessions WHERE name = %(session)s", key)
                 order = conn.execute(self._sql_order, key) if client_order_id is not None else None
                 position = conn.execute(self._sql_position, key)
                 last_event = conn.execute(
                     "SELECT max(aggregate_version) FROM events WHERE aggregate = %(aggregate)s", key)
-            if booked.fetchone() is not None:
-                return None
+            if claimed.fetchone() is None:
+                return None  # booked before
             if session.fetchone() is None:
                 raise SessionNotFound(session_name)
             order_row = None if order is None else self._orders.row(order.fetchone())
@@ -225,15 +231,12 @@ class PgOrderPath:
                                                    side, quantity, price)
             after = PositionInfo(session_name, symbol, new_quantity, new_average, now_ns,
                                  1 if before is None else before.version + 1)
-            fill = FillInfo(broker_fill_id, client_order_id, session_name, symbol, side, quantity, price, ts_ns,
-                            now_ns)
             (last,) = last_event.fetchone()
             position_event = {"a0": position_aggregate, "v0": (last or 0) + 1, "k0": _store.POSITION_FILL_EVENT,
                               "d0": Json(encode_json(_store.position_fill_data(
                                   broker_fill_id, side, quantity, price, new_quantity, new_average))),
                               "t0": now_ns}
             with conn.pipeline():
-                conn.execute(_INSERT_FILL, {**dataclasses.asdict(fill), "side": side.value})
                 order_write = None
                 if order_row is not None:
                     order_write = conn.execute(_update_then_events(1), {

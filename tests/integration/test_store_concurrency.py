@@ -124,6 +124,37 @@ def test_a_create_that_loses_the_insert_race_answers_the_winners_order(
     assert a.verify_orders() == []
 
 
+def test_a_fill_being_booked_makes_a_second_booking_of_it_wait_then_find_it_booked(
+        stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fill id is claimed before the order and position are read: the reconciler booking the
+    same fill meanwhile waits for the account's transaction, then answers None (booked already)."""
+    a, b = stores
+    cid = accepted_order(a, quantity=1)
+    real_fill_event = store_module._fill_event
+    rival: list[threading.Thread] = []
+    rival_results: list[object] = []
+
+    def fill(store: Store) -> object:
+        return store.record_fill("es1", broker_fill_id="F-1", client_order_id=cid, symbol=CONTRACT, side="buy",
+                                 quantity=D(1), price=D("4500.25"), ts_ns=10, now_ns=11)
+
+    def fill_event_while_a_rival_books_the_same_fill(*args):  # noqa: ANN002
+        if not rival:
+            rival.append(threading.Thread(target=lambda: rival_results.append(fill(b)), daemon=True))
+            rival[0].start()
+            rival[0].join(0.5)
+            assert rival[0].is_alive(), "the rival booked the fill while A held its claim"
+        return real_fill_event(*args)
+
+    monkeypatch.setattr(store_module, "_fill_event", fill_event_while_a_rival_books_the_same_fill)
+    result = fill(a)
+    rival[0].join(30)
+    assert result is not None and result.order is not None and result.order.status is OrderStatus.FILLED
+    assert rival_results == [None]
+    assert [e.kind for e in a.order_events(cid)] == ["created", "accepted", "fill"]
+    assert a.verify_orders() == []
+
+
 def test_concurrent_fills_on_one_order_all_count_once(stores: tuple[Store, Store]) -> None:
     a, b = stores
     per_writer = 6
