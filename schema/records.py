@@ -93,6 +93,7 @@ class Lease:
     owner: str | None
     epoch: int
     expires_ns: int
+    taken_from: str | None = None  # the unexpired holder this acquire found dead and replaced
 
     def held_by(self, owner: str, now_ns: int) -> bool:
         return self.owner == owner and self.expires_ns > now_ns

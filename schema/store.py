@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -779,17 +779,17 @@ class Store:
     # ================================================================================ leases
 
     def acquire_lease(self, name: str, owner: str, *, ttl_ns: int, now_ns: int,
-                      dead_owner: str | None = None) -> Lease | None:
+                      holder_is_dead: Callable[[str], bool] | None = None) -> Lease | None:
         """Take the lease if it is free, expired or ours already; ``None`` if someone else holds it.
 
         The epoch grows whenever the owner changes (not on renewal). Two contenders can never both
-        win: the write is conditional on the version that was read. ``dead_owner``: as in
-        ``acquire_session_lease`` — a holder proven gone, whose unexpired lease may be taken now.
+        win: the write is conditional on the version that was read. ``holder_is_dead``: as in
+        ``acquire_session_lease``.
         """
 
         def attempt() -> Lease | None:
             with self._tx() as s:
-                return self._take_lease(s, name, owner, ttl_ns, now_ns, dead_owner=dead_owner)
+                return self._take_lease(s, name, owner, ttl_ns, now_ns, holder_is_dead)
 
         try:
             return self._retrying(f"acquire_lease {name}", attempt)
@@ -797,19 +797,20 @@ class Store:
             return None
 
     def acquire_session_lease(self, session_name: str, owner: str, ttl_ns: int, now_ns: int,
-                              dead_owner: str | None = None) -> Lease | None:
+                              holder_is_dead: Callable[[str], bool] | None = None) -> Lease | None:
         """Take the session's lease (``session_lease_name``) and record owner and epoch on the
         session row, in one transaction; order writes are then fenced by that epoch.
 
-        ``dead_owner``: the caller has proof that this holder is gone (its process no longer
-        exists on this host), so its unexpired lease may be taken now rather than after it runs
-        out; the epoch still grows, so anything that holder might still write is fenced."""
+        ``holder_is_dead(owner)``: asked about an unexpired holder other than ``owner``, in the
+        transaction that read it; True (proof that it is gone, e.g. its process no longer exists
+        on this host) takes the lease now rather than after it runs out. The epoch still grows, so
+        anything that holder might still write is fenced; the lease's ``taken_from`` names it."""
 
         def attempt() -> Lease | None:
             with self._tx() as s:
                 row = _session_row(s, session_name)
                 lease = self._take_lease(s, session_lease_name(session_name), owner, ttl_ns, now_ns,
-                                         dead_owner=dead_owner)
+                                         holder_is_dead)
                 if lease is not None and (row.lease_owner != owner or row.lease_epoch != lease.epoch):
                     row.lease_owner = owner
                     row.lease_epoch = max(row.lease_epoch, lease.epoch)
@@ -1238,21 +1239,24 @@ class Store:
         return _position_info(row)
 
     def _take_lease(self, s: Session, name: str, owner: str, ttl_ns: int, now_ns: int,
-                    dead_owner: str | None = None) -> Lease | None:
+                    holder_is_dead: Callable[[str], bool] | None) -> Lease | None:
         row = s.get(LeaseRow, name)
         if row is None:
             row = LeaseRow(name=name, owner=owner, epoch=1, expires_ns=now_ns + ttl_ns)
             s.add(row)
             s.flush()  # a concurrent first acquire fails here (primary key): the retry re-reads
             return _lease(row)
+        taken_from = None
         if row.owner != owner:
-            if row.owner is not None and row.expires_ns > now_ns and row.owner != dead_owner:
-                return None
+            if row.owner is not None and row.expires_ns > now_ns:
+                if holder_is_dead is None or not holder_is_dead(row.owner):
+                    return None
+                taken_from = row.owner
             row.owner = owner
             row.epoch += 1
         row.expires_ns = now_ns + ttl_ns
         s.flush()  # UPDATE ... WHERE version = <read>: a concurrent taker makes this raise
-        return _lease(row)
+        return replace(_lease(row), taken_from=taken_from)
 
     def _claimed_job(self, s: Session, job_id: int, worker: str) -> JobRow:
         row = s.get(JobRow, job_id)

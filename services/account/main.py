@@ -93,20 +93,16 @@ class AccountService:
         return f"account:{self.session.name}"
 
     def _acquire_lease(self) -> int:
-        dead: str | None = None
         while True:
+            # A holder killed on this host (a restart after kill -9) is not waited out.
             lease = self.store.acquire_session_lease(
                 self.session.name, self.shell.owner, ttl_ns=int(LEASE_TTL_S * 1e9), now_ns=now_ns(),
-                dead_owner=dead)
+                holder_is_dead=owner_is_dead)
             if lease is not None:
                 log(self.log, "lease_acquired", session=self.session.name, epoch=lease.epoch,
-                    taken_from_dead_process=dead)
+                    taken_from_dead_process=lease.taken_from)
                 return lease.epoch
             holder = getattr(self.store.get_lease(self._lease_name), "owner", None)
-            if holder is not None and holder != dead and owner_is_dead(holder):
-                # The holder was killed (a restart after kill -9): no need to wait its lease out.
-                dead = holder
-                continue
             log(self.log, "waiting_for_lease", level=logging.WARNING, session=self.session.name, holder=holder)
             self.shell.pause(LEASE_RENEW_S)
 

@@ -92,13 +92,10 @@ class Reconciler:
     def _acquire(self, name: str, ttl_ns: int, now: int) -> Lease | None:
         """Take ``name``; a holder proven dead (killed on this host: a restart after kill -9 finds
         its own predecessor there) is not waited out — the epoch still grows and fences it."""
-        lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now)
-        if lease is None:
-            holder = getattr(self.store.get_lease(name), "owner", None)
-            if holder is not None and owner_is_dead(holder):
-                lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now, dead_owner=holder)
-                if lease is not None:
-                    log(self.log, "lease_taken_from_dead_process", lease=name, holder=holder, epoch=lease.epoch)
+        lease = self.store.acquire_lease(name, self.shell.owner, ttl_ns=ttl_ns, now_ns=now,
+                                         holder_is_dead=owner_is_dead)
+        if lease is not None and lease.taken_from is not None:
+            log(self.log, "lease_taken_from_dead_process", lease=name, holder=lease.taken_from, epoch=lease.epoch)
         return lease
 
     def _serve_control(self, *, until: float) -> None:

@@ -201,6 +201,26 @@ def test_lease_lifecycle_and_epochs(stores: tuple[Store, Store]) -> None:
     assert a.get_lease("nothing") is None
 
 
+def test_an_unexpired_lease_is_taken_only_from_a_holder_proven_dead(stores: tuple[Store, Store]) -> None:
+    """``holder_is_dead`` is asked about the holder read in the acquiring transaction: proof that
+    it is gone takes its lease now (epoch + 1, ``taken_from`` naming it); no proof, no lease."""
+    a, b = stores
+    a.acquire_session_lease("es1", "account:1", ttl_ns=60 * SECOND, now_ns=0)
+    asked: list[str] = []
+
+    def alive(owner: str) -> bool:
+        asked.append(owner)
+        return False
+
+    assert b.acquire_session_lease("es1", "account:2", ttl_ns=SECOND, now_ns=SECOND, holder_is_dead=alive) is None
+    taken = b.acquire_session_lease("es1", "account:2", ttl_ns=SECOND, now_ns=SECOND,
+                                    holder_is_dead=lambda owner: owner == "account:1")
+    assert (taken.owner, taken.epoch, taken.taken_from, asked) == ("account:2", 2, "account:1", ["account:1"])
+    assert b.get_session("es1").lease_epoch == 2  # order writes of the dead holder's epoch are fenced
+    again = b.acquire_session_lease("es1", "account:2", ttl_ns=SECOND, now_ns=SECOND, holder_is_dead=alive)
+    assert (again.epoch, again.taken_from, asked) == (2, None, ["account:1"])  # ours: nobody asked about
+
+
 @pytest.mark.parametrize("situation", ["free", "expired"])
 def test_only_one_contender_wins_a_lease(stores: tuple[Store, Store], situation: str) -> None:
     a, b = stores
