@@ -114,7 +114,7 @@ class PgOrderPath:
         self._sessions = _Reader(SessionRow.__table__, engine)
         self._positions = _Reader(PositionRow.__table__, engine)
         self._rolls = _Reader(RollRow.__table__, engine)
-        self._money = {c.name: p for c in OrderRow.__table__.columns
+        self._order_binds = {c.name: p for c in OrderRow.__table__.columns
                        if (p := c.type.bind_processor(engine.dialect)) is not None}
         # The order already written for this (session, signal), found by the id it must have
         # (``Store.client_order_id_for``: name, session id, signal; checked against it below).
@@ -260,7 +260,7 @@ class PgOrderPath:
 
     def _order_params(self, state: OrderState) -> dict[str, Any]:
         values = _store.order_values(state)
-        for column, process in self._money.items():
+        for column, process in self._order_binds.items():
             if values[column] is not None:
                 values[column] = process(values[column])
         return values
