@@ -68,7 +68,10 @@ class BusdProcess:
         def is_ready() -> bool:
             if proc.poll() is not None:
                 pytest.fail(f"busd exited with {proc.returncode}: {log_path.read_text()}")
-            return ready.exists() and ready.read_text().strip() == str(proc.pid)
+            try:  # the file can go between a look and a read (a busd stopping): not ready
+                return ready.read_text().strip() == str(proc.pid)
+            except FileNotFoundError:
+                return False
 
         wait_until(is_ready, "busd's ready file")
         return self
