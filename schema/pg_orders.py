@@ -23,11 +23,12 @@ store's named errors exactly as in ``Store._tx``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg.types.json import Json
@@ -37,10 +38,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from schema import store as _store
 from schema.columns import encode_json
-from schema.db import safe_url
 from schema.decimals import ZERO
 from schema.enums import RollPhase, Side
-from schema.errors import ConcurrentUpdate, OrderNotFound, SessionNotFound
+from schema.errors import ConcurrentUpdate, OrderNotFound, SessionNotFound, StoreError
 from schema.models import OrderRow, PositionRow, RollRow, SessionRow
 from schema.order_fsm import OrderEvent, OrderState
 from schema.positions import apply_fill
@@ -93,6 +93,7 @@ _UPDATE_POSITION = ("UPDATE positions SET quantity = %(quantity)s, average_price
                     "updated_ns = %(updated_ns)s, version = %(version)s WHERE id = %(id)s AND version = %(read_version)s")
 
 
+@functools.cache
 def _update_then_events(count: int) -> str:
     """The acknowledgement's one write: the row under its version, and ``count`` events only if
     that matched (a data-modifying CTE runs once, whether or not its rows are used)."""
@@ -152,7 +153,8 @@ class PgOrderPath:
             event, state = _store._new_order(session_row, **terms)
             known = self._orders.row(existing.fetchone())
             if known is not None:
-                assert known.client_order_id == state.client_order_id, "client order id formats disagree"
+                if known.client_order_id != state.client_order_id:  # the SQL above and the Python disagree
+                    raise StoreError(f"found {known.client_order_id} for {state.client_order_id}")
                 return _store._known_order(_store._order_state(known), state), False, None
             roll_row = self._rolls.row(roll.fetchone())
             view = RiskView(
@@ -272,42 +274,42 @@ class PgOrderPath:
         try:
             pooled = engine.connect()
         except sa_exc.DBAPIError as exc:  # the server is down: no connection to be had
-            error = _store.store_error(exc, engine)
-            if error is None:
-                raise
-            raise error from exc
+            _raise_store_error(exc, engine)
         with pooled:
             conn = pooled.connection.driver_connection
             try:
                 yield conn
             except psycopg.Error as exc:
                 _give_back(pooled, conn)
-                wrapped = sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error,
-                                                     connection_invalidated=pooled.invalidated)
-                error = _store.store_error(wrapped, engine)
-                if error is None:
-                    raise
-                raise error from exc
+                _raise_store_error(sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error,
+                                                              connection_invalidated=pooled.invalidated), engine)
             except BaseException:
                 _give_back(pooled, conn)
                 raise
-            if not _give_back(pooled, conn):  # a read that decided nothing needs writing
-                raise _store.StoreUnavailable(f"database {safe_url(engine.url)} connection lost")
+            else:
+                _give_back(pooled, conn)  # also ends a read that decided nothing needs writing
 
 
-def _give_back(pooled: Connection, conn: psycopg.Connection[Any]) -> bool:
+def _raise_store_error(exc: sa_exc.DBAPIError, engine: Engine) -> NoReturn:
+    """Raise the store's named error for ``exc`` (as ``Store._tx`` does), or ``exc`` itself."""
+    error = _store.store_error(exc, engine)
+    if error is None:
+        raise exc.orig if isinstance(exc.orig, BaseException) else exc
+    raise error from exc.orig
+
+
+def _give_back(pooled: Connection, conn: psycopg.Connection[Any]) -> None:
     """Roll back what is open on ``conn``; a connection that cannot is invalidated (never pooled
-    again). False if it had to be."""
+    again). What was read before stays good."""
     if not (conn.broken or conn.closed):
         try:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
-            return True
+            return
         except psycopg.Error:
             pass
     if not pooled.invalidated:
         pooled.invalidate()
-    return False
 
 
 def _event_params(client_order_id: str, applied: Sequence[tuple[OrderEvent, OrderState]]) -> dict[str, Any]:

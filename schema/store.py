@@ -180,8 +180,9 @@ class Store:
         # order path, where four of the five commits per order are deferred.
         self._deferred_engine: Engine | None = None
         self._deferred = self._write
-        # On PostgreSQL the order's two hot transactions run in raw psycopg pipelines: see
-        # ``schema.pg_orders`` (SQLite keeps the ORM path, and the store tests run on both).
+        # On PostgreSQL an order's hot transactions (write-ahead, acknowledgement, fill) run in
+        # raw psycopg pipelines: see ``schema.pg_orders`` (SQLite keeps the ORM path, and the
+        # store tests run on both).
         self._pg_orders: PgOrderPath | None = None
         if engine.dialect.name == "postgresql":
             from schema import pg_orders

@@ -303,6 +303,7 @@ def _order_floor_worker(conninfo: str, session: str, n: int, queue: Any, start: 
                      "(%s, %s, %s, 'ESZ9', 'buy', 'market', 1, 'day', 'pending_submit', 0, %s, %s, %s, 1) "
                      "returning id")
         event_sql = "insert into events (aggregate, aggregate_version, kind, data, ts_ns) values (%s, %s, %s, %s, %s)"
+        two_events_sql = event_sql + ", (%s, %s, %s, %s, %s)"
         ack_sql = ("update orders set status = 'accepted', broker_order_id = %s, updated_ns = %s, version = 3 "
                    "where id = %s and version = 1")
         with psycopg.connect(conninfo) as conn, \
@@ -323,8 +324,7 @@ def _order_floor_worker(conninfo: str, session: str, n: int, queue: Any, start: 
                 (order_id,) = wa.fetchone()
                 with deferred.pipeline():
                     ack.execute(ack_sql, (f"B{signal}", now, order_id))
-                    deferred.execute(event_sql.replace("values (%s, %s, %s, %s, %s)",
-                                                       "values (%s, %s, %s, %s, %s), (%s, %s, %s, %s, %s)"),
+                    deferred.execute(two_events_sql,
                                      (f"order:{cid}", 2, "submit_sent", Json({}), now,
                                       f"order:{cid}", 3, "accepted", Json({"broker_order_id": f"B{signal}"}), now))
                     deferred.commit()
