@@ -16,6 +16,11 @@ its one write statement: the events are inserted only if the ``UPDATE ... WHERE 
 matched, so a lost race commits nothing and is retried from fresh state, as ``StaleDataError`` is.
 A fill has two such writes (order, position): it commits only after seeing both matched.
 
+Two writes on the order's path need no read at all: the acknowledgement, when the caller holds
+the order as it wrote it ahead (``known``: the write is tried against that version and the lease
+epoch in SQL, and only a miss reads), and the strategy's per-bar snapshot (one ``UPDATE`` that
+counts the version). One round trip each.
+
 Connections come from the store's own pools (``engine.connect()``: checkout ping, invalidation),
 values go through the columns' own SQLAlchemy type processors, and driver errors become the
 store's named errors exactly as in ``Store._tx``.
@@ -40,11 +45,11 @@ from schema import store as _store
 from schema.columns import encode_json
 from schema.decimals import ZERO
 from schema.enums import RollPhase, Side
-from schema.errors import ConcurrentUpdate, OrderNotFound, SessionNotFound, StoreError
+from schema.errors import ConcurrentUpdate, IllegalTransition, OrderNotFound, SessionNotFound, StoreError
 from schema.models import OrderRow, PositionRow, RollRow, SessionRow
 from schema.order_fsm import OrderEvent, OrderState
 from schema.positions import apply_fill
-from schema.records import FillInfo, FillResult, PositionInfo, RiskView
+from schema.records import FillInfo, FillResult, PositionInfo, RiskView, StrategySnapshot
 
 
 class _Reader:
@@ -93,14 +98,23 @@ _UPDATE_POSITION = ("UPDATE positions SET quantity = %(quantity)s, average_price
                     "updated_ns = %(updated_ns)s, version = %(version)s WHERE id = %(id)s AND version = %(read_version)s")
 
 
+_SAVE_STRATEGY_STATE = ("UPDATE strategy_state SET state = %(state)s, outbox = %(outbox)s, "
+                        "updated_ns = %(now_ns)s, version = version + 1 WHERE session = %(session)s "
+                        "RETURNING version")
+
+
 @functools.cache
-def _update_then_events(count: int) -> str:
+def _update_then_events(count: int, *, fenced: bool = False) -> str:
     """The acknowledgement's one write: the row under its version, and ``count`` events only if
-    that matched (a data-modifying CTE runs once, whether or not its rows are used)."""
+    that matched (a data-modifying CTE runs once, whether or not its rows are used). ``fenced``:
+    and only while the session's lease epoch is not newer than ``%(epoch)s`` (``_check_epoch``)."""
     sets = ", ".join(f"{_quoted(c)} = %({c})s" for c in _ORDER_COLUMNS)
     rows = ", ".join(_EVENT_ROW.format(i=i) for i in range(count))
-    return (f"WITH updated AS (UPDATE orders SET {sets} WHERE id = %(id)s AND version = %(read_version)s "
-            "RETURNING id) INSERT INTO events (aggregate, aggregate_version, kind, data, ts_ns) "
+    fence = (" AND EXISTS (SELECT 1 FROM sessions WHERE sessions.name = orders.session "
+             "AND sessions.lease_epoch <= %(epoch)s)") if fenced else ""
+    return (f"WITH updated AS (UPDATE orders SET {sets} WHERE client_order_id = %(cid)s "
+            f"AND version = %(read_version)s{fence} RETURNING id) "
+            "INSERT INTO events (aggregate, aggregate_version, kind, data, ts_ns) "
             f"SELECT * FROM (VALUES {rows}) AS v WHERE EXISTS (SELECT 1 FROM updated)")
 
 
@@ -172,7 +186,11 @@ class PgOrderPath:
     # ------------------------------------------------------------------ the acknowledgement
 
     def apply_order_events(self, client_order_id: str, events: Sequence[OrderEvent], *, epoch: int | None,
-                           durable: bool) -> list[OrderState]:
+                           durable: bool, known: OrderState | None = None) -> list[OrderState]:
+        if known is not None:
+            states = self._write_onto(known, client_order_id, events, epoch=epoch, durable=durable)
+            if states is not None:
+                return states
         key = {"cid": client_order_id}
         with self._connection(self._engine if durable else self._deferred_engine) as conn:
             with conn.pipeline():
@@ -184,7 +202,7 @@ class PgOrderPath:
             if session is not None and (session_row := self._sessions.row(session.fetchone())) is not None:
                 _store._check_epoch(session_row, epoch, f"order event on {client_order_id}")  # type: ignore[arg-type]
             states = _store._fold(_store._order_state(row), events)
-            params = {**self._order_params(states[-1]), "id": row.id, "read_version": row.version,
+            params = {**self._order_params(states[-1]), "cid": client_order_id, "read_version": row.version,
                       **_event_params(client_order_id, list(zip(events, states)))}
             with conn.pipeline():
                 write = conn.execute(_update_then_events(len(events)), params)
@@ -193,6 +211,45 @@ class PgOrderPath:
                 raise ConcurrentUpdate(f"lost an optimistic-locking race: {client_order_id} is no longer at "
                                        f"version {row.version}")
             return states
+
+    def _write_onto(self, known: OrderState, client_order_id: str, events: Sequence[OrderEvent], *,
+                    epoch: int | None, durable: bool) -> list[OrderState] | None:
+        """The acknowledgement in one round trip, when the caller holds the order as it last wrote
+        it (the account, straight after its write-ahead): ``events`` folded onto ``known`` and
+        written only if the row is still at ``known.version`` and the lease not taken over. None
+        if not (nothing was written: a fill or a newer epoch got there first, or ``known`` does
+        not take these events): the caller reads the row and decides as without ``known``."""
+        if known.client_order_id != client_order_id:
+            return None
+        try:
+            states = _store._fold(known, events)
+        except IllegalTransition:
+            return None  # maybe not on the row as it is now: the read path decides (and says why)
+        params = {**self._order_params(states[-1]), "cid": client_order_id, "read_version": known.version,
+                  "epoch": epoch, **_event_params(client_order_id, list(zip(events, states)))}
+        with self._connection(self._engine if durable else self._deferred_engine) as conn:
+            with conn.pipeline():
+                write = conn.execute(_update_then_events(len(events), fenced=epoch is not None), params)
+                conn.commit()
+        return states if write.rowcount == len(events) else None
+
+    # ------------------------------------------------------------------ the strategy's snapshot
+
+    def save_strategy_state(self, session_name: str, state: dict[str, Any], outbox: list[Any], *, now_ns: int,
+                            durable: bool) -> StrategySnapshot | None:
+        """``Store.save_strategy_state`` without a version to compare or an epoch to fence: one
+        statement and the COMMIT in one round trip (the ORM path reads the row first). The version
+        still counts every write. None if the session has no snapshot yet (nothing written)."""
+        params = {"session": session_name, "state": Json(encode_json(state)), "outbox": Json(encode_json(outbox)),
+                  "now_ns": now_ns}
+        with self._connection(self._engine if durable else self._deferred_engine) as conn:
+            with conn.pipeline():
+                written = conn.execute(_SAVE_STRATEGY_STATE, params)
+                conn.commit()
+            row = written.fetchone()
+        if row is None:
+            return None
+        return StrategySnapshot(session=session_name, state=state, outbox=outbox, version=row[0], updated_ns=now_ns)
 
     # ------------------------------------------------------------------ a fill
 
@@ -242,7 +299,8 @@ class PgOrderPath:
                 order_write = None
                 if order_row is not None:
                     order_write = conn.execute(_update_then_events(1), {
-                        **self._order_params(order_states[-1]), "id": order_row.id, "read_version": order_row.version,
+                        **self._order_params(order_states[-1]), "cid": order_row.client_order_id,
+                        "read_version": order_row.version,
                         **_event_params(order_row.client_order_id, [(fill_event, order_states[-1])])})
                 values = {"session": session_name, "symbol": symbol, "quantity": new_quantity,
                           "average_price": new_average, "updated_ns": now_ns, "version": after.version}

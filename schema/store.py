@@ -484,16 +484,19 @@ class Store:
 
     def apply_order_events(
         self, client_order_id: str, events: Sequence[OrderEvent], *, epoch: int | None = None,
-        durable: bool = True,
+        durable: bool = True, known: OrderState | None = None,
     ) -> list[OrderState]:
         """Apply several events in order, in ONE transaction (one commit): the states after each.
         For events learned together (a broker's answer that says "received and accepted"). Any one
         illegal writes none of them. ``durable=False``: see ``_tx`` — for a broker's answer, which
-        recovery asks the broker for again if a server crash loses it."""
+        recovery asks the broker for again if a server crash loses it. ``known``: the order as the
+        caller last wrote it; on PostgreSQL the events are first written onto it in one round trip,
+        kept only if the row is still at its version (else read and applied as without it)."""
 
         def attempt() -> list[OrderState]:
             if self._pg_orders is not None:
-                return self._pg_orders.apply_order_events(client_order_id, events, epoch=epoch, durable=durable)
+                return self._pg_orders.apply_order_events(client_order_id, events, epoch=epoch, durable=durable,
+                                                          known=known)
             with self._tx(durable=durable) as s:
                 row = s.scalar(sa.select(OrderRow).where(OrderRow.client_order_id == client_order_id))
                 if row is None:
@@ -751,6 +754,11 @@ class Store:
         """
 
         def attempt() -> StrategySnapshot:
+            if self._pg_orders is not None and expected_version is None and epoch is None:
+                saved = self._pg_orders.save_strategy_state(session, dict(state), list(outbox), now_ns=now_ns,
+                                                            durable=durable)
+                if saved is not None:
+                    return saved  # else: the first snapshot, inserted below
             with self._tx(durable=durable) as s:
                 row = s.get(StrategyStateRow, session)
                 # A state row implies its session (the foreign key cascades a removal): the

@@ -427,7 +427,7 @@ class AccountService:
     def _apply_all(self, order: OrderState, events: list[OrderEvent], *, durable: bool = True) -> OrderState:
         try:
             states = self.store.apply_order_events(order.client_order_id, events, epoch=self.epoch,
-                                                   durable=durable)
+                                                   durable=durable, known=order)
         except IllegalTransition as exc:
             log(self.log, "illegal_transition", level=logging.ERROR, client_order_id=order.client_order_id,
                 status=str(order.status), event="+".join(str(e.kind) for e in events), error=str(exc))

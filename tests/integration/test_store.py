@@ -224,6 +224,54 @@ def test_events_learned_together_are_applied_in_one_transaction(store: Store) ->
     assert store.get_order(cid) == states[-1] and len(store.order_events(cid)) == 3
 
 
+def _pg_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the order path sends through psycopg directly (PostgreSQL: schema.pg_orders)."""
+    sent: list[str] = []
+    if store.engine.dialect.name == "postgresql":
+        import psycopg
+
+        execute = psycopg.Connection.execute
+
+        def counting(conn, query, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            sent.append(str(query))
+            return execute(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", counting)
+    return sent
+
+
+def test_an_acknowledgement_onto_the_order_as_last_written(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``known``, the order as the account wrote it ahead: the events go onto it in one statement
+    while the row is still at its version; once it is not (something else wrote since), they go
+    onto the row as it is now; a newer lease fences them out either way, writing nothing."""
+    add_session(store)
+    lease = store.acquire_session_lease("es1", "proc-a", ttl_ns=SECOND, now_ns=0)
+    order, _ = create(store, epoch=lease.epoch)
+    cid = order.client_order_id
+    sent = _pg_statements(store, monkeypatch)
+    states = store.apply_order_events(cid, [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")],
+                                      epoch=lease.epoch, durable=False, known=order)
+    assert [(s.status, s.version) for s in states] == [(OrderStatus.SUBMITTED, 2), (OrderStatus.ACCEPTED, 3)]
+    assert store.get_order(cid) == states[-1] == fold(store.order_events(cid))
+    if store.engine.dialect.name == "postgresql":
+        assert len(sent) == 1 and sent[0].startswith("WITH updated AS (UPDATE orders")  # no read first
+
+    stale, _ = create(store, 2, epoch=lease.epoch)
+    moved = store.apply_order_event(stale.client_order_id, OrderEvent.submit_sent(30), epoch=lease.epoch)
+    [accepted] = store.apply_order_events(stale.client_order_id, [OrderEvent.accepted(31, broker_order_id="C")],
+                                          epoch=lease.epoch, known=stale)
+    assert (accepted.status, accepted.version) == (OrderStatus.ACCEPTED, moved.version + 1)  # onto the row
+    assert store.get_order(stale.client_order_id) == accepted == fold(store.order_events(stale.client_order_id))
+
+    fresh, _ = create(store, 3, epoch=lease.epoch)
+    store.acquire_session_lease("es1", "proc-b", ttl_ns=SECOND, now_ns=2 * SECOND)  # a's lease expired
+    with pytest.raises(FencedOut):
+        store.apply_order_events(fresh.client_order_id, [OrderEvent.submit_sent(40)], epoch=lease.epoch,
+                                 known=fresh)
+    assert store.get_order(fresh.client_order_id) == fresh and len(store.order_events(fresh.client_order_id)) == 1
+    assert store.verify_orders() == []
+
+
 def test_an_illegal_event_writes_nothing(store: Store) -> None:
     add_session(store)
     order, _ = create(store)
@@ -358,6 +406,25 @@ def test_strategy_state_round_trips(store: Store) -> None:
     with pytest.raises(ConcurrentUpdate):
         store.save_strategy_state("es1", {"n": 3}, [], 9, expected_version=1)
     assert store.load_strategy_state("es1").state == {"n": 2}
+
+
+def test_a_strategy_snapshot_replaced_each_bar_counts_versions(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The strategy's per-bar write (no version to compare, no epoch): one statement on
+    PostgreSQL once the first snapshot exists, the version counted all the same."""
+    add_session(store)
+    first = store.save_strategy_state("es1", {"n": 1}, [], 7, durable=False)
+    sent = _pg_statements(store, monkeypatch)
+    state = {"ema": D("4500.123456789"), "closes": [D("0.1"), D("0.2")]}
+    outbox = [{"kind": "submit", "signal": 4, "quantity": D("1.5")}]
+    saved = store.save_strategy_state("es1", state, outbox, 8, durable=False)
+    assert (saved.state, saved.outbox, saved.version, saved.updated_ns) == (state, outbox, first.version + 1, 8)
+    if store.engine.dialect.name == "postgresql":
+        assert len(sent) == 1 and sent[0].startswith("UPDATE strategy_state")
+    assert store.load_strategy_state("es1") == saved
+    store.save_strategy_state("es1", {"n": 3}, [], 9, expected_version=saved.version)  # still compare-and-set
+    with pytest.raises(ConcurrentUpdate):
+        store.save_strategy_state("es1", {"n": 4}, [], 10, expected_version=saved.version)
+    assert store.load_strategy_state("es1").version == saved.version + 1
     with pytest.raises(SessionNotFound):
         store.save_strategy_state("nope", {"n": 1}, [], 10)  # the first snapshot checks the session
     store.remove_session("es1", now_ns=11)
