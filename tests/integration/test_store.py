@@ -245,8 +245,8 @@ def test_an_acknowledgement_onto_the_order_as_last_written(store: Store, monkeyp
     while the row is still at its version; once it is not (something else wrote since), they go
     onto the row as it is now; a newer lease fences them out either way, writing nothing."""
     add_session(store)
+    order, _ = create(store, epoch=0)  # written before the lease below: the row keeps its epoch 0
     lease = store.acquire_session_lease("es1", "proc-a", ttl_ns=SECOND, now_ns=0)
-    order, _ = create(store, epoch=lease.epoch)
     cid = order.client_order_id
     sent = _pg_statements(store, monkeypatch)
     states = store.apply_order_events(cid, [OrderEvent.submit_sent(20), OrderEvent.accepted(21, broker_order_id="B")],
@@ -270,6 +270,26 @@ def test_an_acknowledgement_onto_the_order_as_last_written(store: Store, monkeyp
                                  known=fresh)
     assert store.get_order(fresh.client_order_id) == fresh and len(store.order_events(fresh.client_order_id)) == 1
     assert store.verify_orders() == []
+
+
+@pytest.mark.postgres
+def test_the_order_path_gives_its_connections_back_in_transaction_mode(pg_url: str) -> None:
+    """schema.pg_orders runs single-statement writes in autocommit mode; a pooled connection
+    must come back to the ORM in transaction mode, after a success and after a refusal alike,
+    or the ORM's multi-statement transactions would silently commit statement by statement."""
+    migrate(pg_url)
+    with Store.from_url(pg_url) as store:
+        add_session(store)
+        order, _ = create(store)
+        with pytest.raises(NotAdmitted):
+            create(store, 2, admit=lambda _view: "no")
+        store.apply_order_events(order.client_order_id, [OrderEvent.submit_sent(20)], durable=False, known=order)
+        store.save_strategy_state("es1", {"n": 1}, [], 7)
+        store.save_strategy_state("es1", {"n": 2}, [], 8, durable=False)
+        for engine in (store.engine, store._deferred_engine):
+            assert engine.pool.checkedout() == 0
+            with engine.connect() as conn:
+                assert conn.connection.driver_connection.autocommit is False
 
 
 def test_an_illegal_event_writes_nothing(store: Store) -> None:
