@@ -290,45 +290,42 @@ def _raw_insert_worker(conninfo: str, n: int, label: str, queue: Any, start: Any
 
 def _order_floor_worker(conninfo: str, session: str, n: int, queue: Any, start: Any) -> None:
     """The least SQL a write-ahead order needs, in raw psycopg on the store's own tables (same
-    indexes and constraints), each transaction sent as one pipeline (one round trip): the fence
-    read, the order row and its ``created`` event, COMMIT (durable); then the acknowledgement, the
-    row updated under its version and the submit_sent + accepted events, COMMIT (the deferred
-    connection). No ORM, no order state machine, no risk view: no Python store can beat it here."""
+    indexes and constraints), each write one statement in autocommit (one round trip, atomic
+    alone): the order row and its ``created`` event, inserted only under the session's fence
+    (durable); then the acknowledgement, the row updated under its version with the submit_sent
+    + accepted events (the deferred connection). No reads, no ORM, no order state machine, no
+    risk view: no Python store can beat it here."""
     try:
         import psycopg
         from psycopg.types.json import Json
 
-        order_sql = ("insert into orders (client_order_id, session, signal, symbol, side, order_type, quantity, "
-                     "time_in_force, status, filled_quantity, epoch, created_ns, updated_ns, version) values "
-                     "(%s, %s, %s, 'ESZ9', 'buy', 'market', 1, 'day', 'pending_submit', 0, %s, %s, %s, 1) "
-                     "returning id")
-        event_sql = "insert into events (aggregate, aggregate_version, kind, data, ts_ns) values (%s, %s, %s, %s, %s)"
-        two_events_sql = event_sql + ", (%s, %s, %s, %s, %s)"
-        ack_sql = ("update orders set status = 'accepted', broker_order_id = %s, updated_ns = %s, version = 3 "
-                   "where id = %s and version = 1")
-        with psycopg.connect(conninfo) as conn, \
-                psycopg.connect(conninfo, options="-c synchronous_commit=off") as deferred:
-            wa, ack = conn.cursor(), deferred.cursor()
+        write_ahead_sql = (
+            "with created as (insert into orders (client_order_id, session, signal, symbol, side, order_type, "
+            "quantity, time_in_force, status, filled_quantity, epoch, created_ns, updated_ns, version) "
+            "select %(cid)s::varchar, %(session)s::varchar, %(signal)s::bigint, 'ESZ9', 'buy', 'market', 1, 'day', 'pending_submit', 0, "
+            "%(epoch)s::bigint, %(now)s::bigint, %(now)s::bigint, 1 where exists (select 1 from sessions "
+            "where name = %(session)s::varchar and lease_epoch = %(epoch)s::bigint) returning id) "
+            "insert into events (aggregate, aggregate_version, kind, data, ts_ns) "
+            "select %(aggregate)s::varchar, 1, 'created', %(created)s::json, %(now)s::bigint from created")
+        ack_sql = (
+            "with updated as (update orders set status = 'accepted', broker_order_id = %(broker_id)s, "
+            "updated_ns = %(now)s, version = 3 where client_order_id = %(cid)s and version = 1 returning id) "
+            "insert into events (aggregate, aggregate_version, kind, data, ts_ns) "
+            "select * from (values (%(aggregate)s::varchar, 2::bigint, 'submit_sent'::varchar, %(sent)s::json, "
+            "%(now)s::bigint), (%(aggregate)s, 3, 'accepted', %(accepted)s, %(now)s)) as v "
+            "where exists (select 1 from updated)")
+        with psycopg.connect(conninfo, autocommit=True) as conn, \
+                psycopg.connect(conninfo, autocommit=True, options="-c synchronous_commit=off") as deferred:
             epoch = conn.execute("select lease_epoch from sessions where name = %s", (session,)).fetchone()[0]
-            conn.commit()
 
             def one(signal: int) -> None:
                 cid, now = f"{session}.floor.{signal}", time.time_ns()
-                with conn.pipeline():
-                    fence = conn.execute("select lease_epoch from sessions where name = %s", (session,))
-                    wa.execute(order_sql, (cid, session, signal, epoch, now, now))
-                    conn.execute(event_sql, (f"order:{cid}", 1, "created", Json({"client_order_id": cid}), now))
-                    conn.commit()
-                if fence.fetchone()[0] != epoch:
+                values = {"cid": cid, "session": session, "signal": signal, "epoch": epoch, "now": now,
+                          "aggregate": f"order:{cid}", "created": Json({"client_order_id": cid}),
+                          "broker_id": f"B{signal}", "sent": Json({}), "accepted": Json({"broker_order_id": f"B{signal}"})}
+                if conn.execute(write_ahead_sql, values).rowcount != 1:
                     raise RuntimeError("fenced out")
-                (order_id,) = wa.fetchone()
-                with deferred.pipeline():
-                    ack.execute(ack_sql, (f"B{signal}", now, order_id))
-                    deferred.execute(two_events_sql,
-                                     (f"order:{cid}", 2, "submit_sent", Json({}), now,
-                                      f"order:{cid}", 3, "accepted", Json({"broker_order_id": f"B{signal}"}), now))
-                    deferred.commit()
-                if ack.rowcount != 1:
+                if deferred.execute(ack_sql, values).rowcount != 2:
                     raise RuntimeError(f"acknowledgement of {cid} lost its version race")
 
             _timed(one, n, session, queue, start)
@@ -422,6 +419,12 @@ def _submit_body(session: str, signal: int, contract: str) -> Any:
                          order_type="market", quantity=Decimal(1))
 
 
+def _cte_kind(text: str) -> str:
+    """A data-modifying CTE named by its writes: "insert+insert" (order and event),
+    "update+insert" (row under its version, then events)."""
+    return "update+insert" if text.startswith("with updated") else "insert+insert"
+
+
 def _store_path_worker(db_url: str, session: str, n: int, first_signal: int, queue: Any, start: Any) -> None:
     try:
         from bus.envelope import now_ns
@@ -443,7 +446,7 @@ def _store_path_worker(db_url: str, session: str, n: int, first_signal: int, que
         def counted_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
             if counting[0]:
                 text = str(query).strip().lower()
-                sql["ping" if text == "select 1" else "update+insert" if text.startswith("with")
+                sql["ping" if text == "select 1" else _cte_kind(text) if text.startswith("with")
                     else text.split()[0]] += 1
             return cursor_execute(self, query, *args, **kwargs)
 
