@@ -49,6 +49,9 @@ def _check_bus(doc: dict, count: int) -> None:
     assert tradebus["busd_exit"] == 0
     assert doc["targets"]["pubsub_zero_gaps"]["met"] is True
     assert doc["ratios"]["tradebus_vs_raw_msgpack_msgs_per_s"] > 0
+    ratios = sorted(r["ratio"] for r in doc["rounds"])
+    assert doc["ratios"]["tradebus_vs_raw_msgpack_msgs_per_s"] == ratios[(len(ratios) - 1) // 2]  # the median
+    assert all(r["tradebus_gaps"] == r["tradebus_lost"] == 0 for r in doc["rounds"])
 
 
 def _check_rpc(doc: dict, count: int) -> None:
@@ -70,7 +73,9 @@ def _invoke(*args: str) -> dict:
 
 
 def test_bench_bus_command() -> None:
-    _check_bus(_invoke("bus", "--count", "2000", "--window", "200"), 2000)
+    doc = _invoke("bus", "--count", "2000", "--window", "200", "--rounds", "3")
+    _check_bus(doc, 2000)
+    assert len(doc["rounds"]) == 3
 
 
 def test_bench_rpc_command() -> None:
