@@ -35,7 +35,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -302,24 +302,45 @@ class JournalWriter:
     def append(self, recv_ns: int, kind: Kind, topic: str, data: bytes) -> int:
         """Write one record into the write buffer; returns its journal sequence number. The buffer
         goes to the OS every ``flush_every_n`` records, on ``flush`` and when it fills up."""
-        payload = _ENCODER.encode((recv_ns, kind, topic, data))
-        size = _RECORD_HEADER_SIZE + len(payload)
-        if self._size + size > self.segment_bytes and self._size:
-            self._rotate()
-        file = self._file
-        assert file is not None and self._index is not None, "journal is closed"
-        seq = self._next_seq
-        if (seq - self._first_seq) % INDEX_EVERY == 0:
-            self._index.write(INDEX_ENTRY.pack(seq, recv_ns, self._size))
-        file.write(_pack_record_header(len(payload), zlib.crc32(payload)) + payload)
-        self._size += size
-        self.bytes_written += size
-        self.records_written += 1
-        self._next_seq = seq + 1
-        self._unflushed += 1
+        return self.append_many(recv_ns, kind, ((topic, data),))
+
+    def append_many(self, recv_ns: int, kind: Kind, messages: Iterable[tuple[str, bytes]]) -> int:
+        """``append`` for several messages received together (one ``recv_ns``), in one write to
+        the buffer: busd journals each run of publications it forwards this way. Returns the
+        sequence number of the last record written (``next_seq - 1`` if there were none)."""
+        assert self._file is not None and self._index is not None, "journal is closed"
+        encode, crc32, header = _ENCODER.encode, zlib.crc32, _pack_record_header
+        chunks: list[bytes] = []
+        seq, size, first_seq = self._next_seq, self._size, self._first_seq
+        written = 0
+        for topic, data in messages:
+            payload = encode((recv_ns, kind, topic, data))
+            record = _RECORD_HEADER_SIZE + len(payload)
+            if size + record > self.segment_bytes and size:
+                self._file.write(b"".join(chunks))
+                chunks.clear()
+                self._advance(seq, size, written)
+                written = 0
+                self._rotate()
+                seq, size, first_seq = self._next_seq, self._size, self._first_seq
+            if (seq - first_seq) % INDEX_EVERY == 0:
+                self._index.write(INDEX_ENTRY.pack(seq, recv_ns, size))
+            chunks.append(header(len(payload), crc32(payload)))
+            chunks.append(payload)
+            seq += 1
+            size += record
+            written += 1
+        self._file.write(b"".join(chunks))
+        self._advance(seq, size, written)
         if self._unflushed >= self.flush_every_n:
             self.flush()
-        return seq
+        return seq - 1
+
+    def _advance(self, next_seq: int, size: int, records: int) -> None:
+        self.bytes_written += size - self._size
+        self.records_written += records
+        self._unflushed += records
+        self._next_seq, self._size = next_seq, size
 
     def flush(self) -> None:
         """Hand buffered records to the OS (they then survive a crash of this process)."""

@@ -95,3 +95,24 @@ def test_an_old_journal_without_indexes_still_reads(tmp_path: Path) -> None:
     reader = JournalReader(tmp_path, save_index=False)
     assert len(list(reader.records(from_seq=500))) == 501
     assert not any(index_path(p).exists() for _, p in segment_paths(tmp_path))
+
+
+def test_runs_appended_at_once_make_the_same_segments_and_indexes_as_one_by_one(tmp_path: Path) -> None:
+    """busd journals each forwarded run with ``append_many``: runs that cross segment boundaries
+    and index points must leave exactly the files that appending the records singly leaves."""
+    messages = [(f"md.T{i % 3}", bytes([i % 251]) * (30 + i % 50)) for i in range(1000)]
+    runs = [messages[i:i + 37] for i in range(0, len(messages), 37)]
+    batched, single = tmp_path / "batched", tmp_path / "single"
+    with JournalWriter(batched, segment_bytes=8192) as w:
+        lasts = [w.append_many(T0 + n, "pub", run) for n, run in enumerate(runs)]
+    with JournalWriter(single, segment_bytes=8192) as w:
+        for n, run in enumerate(runs):
+            for topic, data in run:
+                w.append(T0 + n, "pub", topic, data)
+    assert lasts == [sum(len(r) for r in runs[:n + 1]) for n in range(len(runs))]
+    assert len(segment_paths(batched)) >= 4
+    files = sorted(p.name for p in batched.iterdir())
+    assert files == sorted(p.name for p in single.iterdir())
+    assert all((batched / name).read_bytes() == (single / name).read_bytes() for name in files)
+    assert [(r.seq, r.topic, r.data) for r in _all(batched)] == [
+        (seq, topic, data) for seq, (topic, data) in enumerate(messages, start=1)]
