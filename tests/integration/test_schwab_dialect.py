@@ -123,7 +123,17 @@ def test_order_execution_is_refused_and_never_reaches_the_venue(venue: Venue, br
 # ---------------------------------------------------------------- history
 
 
+def _newest_bar_forming(venue: Venue, symbol: str) -> None:
+    """Wait (with a deadline) until the venue's newest bar is still forming by the wall clock:
+    right after start its newest is the last history bar, which ended a moment ago."""
+    deadline = time.monotonic() + STREAM_DEADLINE_S
+    while max(venue.native_bars(symbol)) + MINUTE_NS <= time.time_ns():
+        assert time.monotonic() < deadline, "the venue made no bar past the wall clock"
+        time.sleep(PACE_S / 4)
+
+
 def test_historical_bars_match_the_venue_and_page(venue: Venue, broker: BrokerFacade) -> None:
+    _newest_bar_forming(venue, ES)
     bars = broker.historical_bars(ES, "1m")
     assert len(bars) >= HISTORY - 1 and all(b.symbol == ES and b.interval == "1m" for b in bars)
     assert_contiguous(bars)

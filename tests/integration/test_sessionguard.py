@@ -57,5 +57,6 @@ def test_a_session_killed_five_times_quickly_waits_for_an_operator_while_the_oth
     tree.tradebus("sessions", "ack", "es-sma")
     wait_until(lambda: str(store.get_session("es-sma").state) == "trading", timeout=60,
                what="es-sma trading again after ack")
-    assert programs("es-sma") <= set(tree.pids())
+    # supervisord calls a process RUNNING only after its startsecs: the session can trade before that
+    wait_until(lambda: programs("es-sma") <= set(tree.pids()), timeout=30, what="es-sma's processes running")
     store.close()
