@@ -241,7 +241,7 @@ class PgOrderPath:
     def save_strategy_state(self, session_name: str, state: dict[str, Any], outbox: list[Any], *, now_ns: int,
                             durable: bool) -> StrategySnapshot | None:
         """``Store.save_strategy_state`` without a version to compare or an epoch to fence: one
-        statement and the COMMIT in one round trip (the ORM path reads the row first). The version
+        statement in autocommit, one round trip (the ORM path reads the row first). The version
         still counts every write. None if the session has no snapshot yet (nothing written)."""
         params = {"session": session_name, "state": Json(encode_json(state)), "outbox": Json(encode_json(outbox)),
                   "now_ns": now_ns}
