@@ -426,6 +426,12 @@ def test_strategy_state_round_trips(store: Store) -> None:
     with pytest.raises(ConcurrentUpdate):
         store.save_strategy_state("es1", {"n": 3}, [], 9, expected_version=1)
     assert store.load_strategy_state("es1").state == {"n": 2}
+    with pytest.raises(SessionNotFound):
+        store.save_strategy_state("nope", {"n": 1}, [], 10)  # the first snapshot checks the session
+    store.remove_session("es1", now_ns=11)
+    assert store.load_strategy_state("es1") is None  # removed with its session: no orphan to update
+    with pytest.raises(SessionNotFound):
+        store.save_strategy_state("es1", {"n": 4}, [], 12)
 
 
 def test_a_strategy_snapshot_replaced_each_bar_counts_versions(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -445,12 +451,6 @@ def test_a_strategy_snapshot_replaced_each_bar_counts_versions(store: Store, mon
     with pytest.raises(ConcurrentUpdate):
         store.save_strategy_state("es1", {"n": 4}, [], 10, expected_version=saved.version)
     assert store.load_strategy_state("es1").version == saved.version + 1
-    with pytest.raises(SessionNotFound):
-        store.save_strategy_state("nope", {"n": 1}, [], 10)  # the first snapshot checks the session
-    store.remove_session("es1", now_ns=11)
-    assert store.load_strategy_state("es1") is None  # removed with its session: no orphan to update
-    with pytest.raises(SessionNotFound):
-        store.save_strategy_state("es1", {"n": 4}, [], 12)
 
 
 def test_broker_accounts_hold_no_secrets(store: Store) -> None:
