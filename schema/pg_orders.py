@@ -209,9 +209,8 @@ class PgOrderPath:
             if session is not None and (session_row := self._sessions.row(session.fetchone())) is not None:
                 _store._check_epoch(session_row, epoch, f"order event on {client_order_id}")  # type: ignore[arg-type]
             states = _store._fold(_store._order_state(row), events)
-            params = {**self._order_params(states[-1]), "cid": client_order_id, "read_version": row.version,
-                      **_event_params(client_order_id, list(zip(events, states)))}
-            write = conn.execute(_update_then_events(len(events)), params)
+            write = conn.execute(_update_then_events(len(events)),
+                                 self._update_params(client_order_id, row.version, events, states))
             if write.rowcount != len(events):
                 raise ConcurrentUpdate(f"lost an optimistic-locking race: {client_order_id} is no longer at "
                                        f"version {row.version}")
@@ -230,8 +229,7 @@ class PgOrderPath:
             states = _store._fold(known, events)
         except IllegalTransition:
             return None  # maybe not on the row as it is now: the read path decides (and says why)
-        params = {**self._order_params(states[-1]), "cid": client_order_id, "read_version": known.version,
-                  "fence_epoch": epoch, **_event_params(client_order_id, list(zip(events, states)))}
+        params = {**self._update_params(client_order_id, known.version, events, states), "fence_epoch": epoch}
         with self._connection(self._engine if durable else self._deferred_engine, autocommit=True) as conn:
             write = conn.execute(_update_then_events(len(events), fenced=epoch is not None), params)
         return states if write.rowcount == len(events) else None
@@ -298,10 +296,8 @@ class PgOrderPath:
             with conn.pipeline():
                 order_write = None
                 if order_row is not None:
-                    order_write = conn.execute(_update_then_events(1), {
-                        **self._order_params(order_states[-1]), "cid": order_row.client_order_id,
-                        "read_version": order_row.version,
-                        **_event_params(order_row.client_order_id, [(fill_event, order_states[-1])])})
+                    order_write = conn.execute(_update_then_events(1), self._update_params(
+                        order_row.client_order_id, order_row.version, [fill_event], order_states))
                 values = {"session": session_name, "symbol": symbol, "quantity": new_quantity,
                           "average_price": new_average, "updated_ns": now_ns, "version": after.version}
                 if before is None:
@@ -317,6 +313,13 @@ class PgOrderPath:
             return FillResult(fill=fill, order=order_states[-1] if order_states else None, position=after)
 
     # ------------------------------------------------------------------ internals
+
+    def _update_params(self, client_order_id: str, read_version: int, events: Sequence[OrderEvent],
+                       states: Sequence[OrderState]) -> dict[str, Any]:
+        """The parameters of ``_update_then_events``: the row after ``events`` (whose states are
+        ``states``), written only over ``read_version``, and the events themselves."""
+        return {**self._order_params(states[-1]), "cid": client_order_id, "read_version": read_version,
+                **_event_params(client_order_id, list(zip(events, states)))}
 
     def _order_params(self, state: OrderState) -> dict[str, Any]:
         values = _store.order_values(state)
